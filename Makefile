@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` (train the demo model if needed, then serve it) and
+# `make test` (linters, type checks and the whole test suite, slow end-to-end tests included).
+# Both create .venv and install torchship with its demo, hf and dev extras on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+STORE ?= models
+NAME ?= bbc
+
+.PHONY: demo test lint install clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,demo,hf]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@if ! ls $(STORE)/$(NAME)/*/config.json >/dev/null 2>&1; then \
+		echo "No '$(NAME)' model in ./$(STORE) yet: training it on the BBC News corpus (a few minutes on 2 cores)."; \
+		$(BIN)/torchship train --data bbc-news --store $(STORE) --name $(NAME) || exit $$?; \
+	fi
+	$(BIN)/torchship serve --store $(STORE)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
