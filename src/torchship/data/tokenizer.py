@@ -1,0 +1,173 @@
+"""Train, configure and apply the subword tokenizer (Hugging Face ``tokenizers``).
+
+A tokenizer is trained on the training split only, wraps every text as ``[CLS] ... [SEP]``, truncates to
+``max_length`` tokens and never pads: padding happens per batch in :func:`encode_texts`, to the longest
+sequence of that batch, so short batches stay short.
+
+    >>> tok = train_tokenizer(["a first text", "a second text"], vocab_size=100)
+    >>> input_ids, attention_mask = encode_texts(tok, ["a text", "a first text"], pad_token_id(tok))
+    >>> input_ids.shape
+    torch.Size([2, 5])
+
+This module must not import Lightning: serving loads tokenizers through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from torchship.errors import ConfigError
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "TokenizerKind",
+    "configure_tokenizer",
+    "encode_texts",
+    "pad_token_id",
+    "train_tokenizer",
+]
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+"""Special tokens in id order: ``[PAD]`` is 0, ``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3."""
+
+TokenizerKind = Literal["wordpiece", "bpe"]
+
+_PAD, _UNK, _CLS, _SEP = SPECIAL_TOKENS
+_WORD_START = "\u2581"  # "▁", SentencePiece's word-start mark
+_CONTINUATION = "##"  # WordPiece's mark of a piece that continues a word
+# Other spellings of the padding token found in tokenizer.json files from the hub (RoBERTa, T5, ...).
+_PAD_ALIASES = (_PAD, "<pad>", "<PAD>")
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    *,
+    kind: TokenizerKind = "wordpiece",
+    vocab_size: int = 16000,
+    lowercase: bool = True,
+    max_length: int = 512,
+) -> Tokenizer:
+    """Train a WordPiece or BPE tokenizer on ``texts`` (pass the training split only).
+
+    The same texts always give the same vocabulary and the same ids, in any process, so every DDP
+    process that trains its own copy agrees with the others. ``[PAD]`` has id 0.
+    """
+    if kind not in ("wordpiece", "bpe"):
+        raise ConfigError(f"tokenizer: expected 'wordpiece' or 'bpe', got {kind!r}")
+    if vocab_size < len(SPECIAL_TOKENS) + 1:
+        raise ConfigError(f"vocab_size: must be more than {len(SPECIAL_TOKENS)}, got {vocab_size}")
+    # The WordPiece vocabulary holds every BPE token but the bare word-start mark "▁", hence the +1.
+    bpe = _train_bpe(texts, vocab_size + (kind == "wordpiece"), _normalizer(lowercase))
+    tokenizer = bpe if kind == "bpe" else _wordpiece_from_bpe(bpe, vocab_size)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{_CLS} $A {_SEP}",
+        pair=f"{_CLS} $A {_SEP} $B:1 {_SEP}:1",
+        special_tokens=[(_CLS, _token_id(tokenizer, _CLS)), (_SEP, _token_id(tokenizer, _SEP))],
+    )
+    return configure_tokenizer(tokenizer, max_length)
+
+
+def configure_tokenizer(tokenizer: Tokenizer, max_length: int) -> Tokenizer:
+    """Truncate to ``max_length`` tokens (special tokens included) and switch padding off, in place.
+
+    Tokenizers loaded from a ``tokenizer.json`` may carry their own padding (MiniLM's pads every text to
+    128); batches are padded by :func:`encode_texts` instead.
+    """
+    if max_length < 2:
+        raise ConfigError(f"max_length: must be at least 2 (room for [CLS] and [SEP]), got {max_length}")
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def pad_token_id(tokenizer: Tokenizer) -> int:
+    """The id of the padding token (0 for tokenizers trained here)."""
+    for token in _PAD_ALIASES:
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return int(token_id)
+    raise ConfigError(f"tokenizer: has no padding token (looked for {', '.join(_PAD_ALIASES)})")
+
+
+def encode_texts(
+    tokenizer: Tokenizer, texts: Sequence[str], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode ``texts`` and pad them to the longest one in this batch.
+
+    Returns ``input_ids`` (B, T) int64 and ``attention_mask`` (B, T) bool, True on real tokens.
+    """
+    encodings = tokenizer.encode_batch(list(texts))
+    return pad_token_ids([encoding.ids for encoding in encodings], pad_id)
+
+
+def pad_token_ids(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad already tokenised sequences to the longest one: ``(input_ids, attention_mask)``."""
+    width = max((len(ids) for ids in sequences), default=0)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.int64)  # (B, T)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.bool)  # (B, T)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.int64)
+        attention_mask[row, : len(ids)] = True
+    return input_ids, attention_mask
+
+
+def _train_bpe(texts: Iterable[str], vocab_size: int, normalizer: normalizers.Normalizer) -> Tokenizer:
+    # Why not tokenizers' WordPieceTrainer, or BpeTrainer with a "##" prefix or "</w>" suffix: those
+    # number the prefixed/suffixed symbols in hash-map order, which changes from process to process,
+    # and merges with equal counts are ranked by those numbers, so each run learns a (slightly)
+    # different vocabulary (huggingface/tokenizers#1794). Marking word starts with Metaspace's "▁"
+    # instead keeps every initial symbol a plain character, numbered in sorted order, which makes
+    # the merges, and hence the vocabulary, the same in every process.
+    tokenizer = Tokenizer(models.BPE(unk_token=_UNK))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.BertPreTokenizer(), pre_tokenizers.Metaspace(_WORD_START, "always", split=False)]
+    )
+    tokenizer.decoder = decoders.Metaspace(_WORD_START, "always", split=False)
+    # special_tokens first, in order, so that [PAD] gets id 0 whatever the texts are.
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def _wordpiece_from_bpe(bpe: Tokenizer, vocab_size: int) -> Tokenizer:
+    """A WordPiece tokenizer with the pieces ``bpe`` learned: "▁word" -> "word", "piece" -> "##piece"."""
+    learned = sorted(bpe.get_vocab().items(), key=lambda item: item[1])
+    tokens = [token for token, _ in learned if token not in SPECIAL_TOKENS]
+    characters = sorted({char for token in tokens for char in token} - {_WORD_START})
+    # Every character as a word start and as a continuation first, so no word becomes [UNK] whole.
+    vocab: dict[str, int] = {}
+    for token in (*SPECIAL_TOKENS, *characters, *(_CONTINUATION + char for char in characters)):
+        vocab.setdefault(token, len(vocab))
+    for token in tokens:
+        if len(vocab) >= vocab_size:
+            break
+        if token != _WORD_START:
+            piece = token[1:] if token.startswith(_WORD_START) else _CONTINUATION + token
+            vocab.setdefault(piece, len(vocab))
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=_UNK, continuing_subword_prefix=_CONTINUATION))
+    tokenizer.normalizer = bpe.normalizer
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix=_CONTINUATION)
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))  # already in the vocabulary: the ids stay 0-3
+    return tokenizer
+
+
+def _normalizer(lowercase: bool) -> normalizers.Normalizer:
+    if lowercase:
+        # NFD splits accented letters so StripAccents can drop the marks: "Café" -> "cafe".
+        return normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
+    return normalizers.NFC()
+
+
+def _token_id(tokenizer: Tokenizer, token: str) -> int:
+    token_id = tokenizer.token_to_id(token)
+    if token_id is None:  # pragma: no cover - the trainer always adds the special tokens
+        raise ConfigError(f"tokenizer: special token {token} is missing from the vocabulary")
+    return int(token_id)
