@@ -1,0 +1,221 @@
+"""Regenerate ENDPOINTS.md: run every endpoint against a real server and write what it answered.
+
+    python examples/capture_endpoints.py --store ./models --model bbc   # the trained demo model
+    python examples/capture_endpoints.py                                # a stand-in of the demo's size
+
+The server binds free ports; the document shows the default ports 8080/8081/8082.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from torchship.serving import Server, ServerSettings, ServerThread
+from torchship.store import ModelStore
+
+DEFAULT_PORTS = {"inference": "8080", "management": "8081", "metrics": "8082"}
+TEXT = "Shares in the bank rose sharply after it reported record profits for the year."
+
+
+class Capture:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.parts: list[str] = []
+
+    def section(self, title: str, text: str = "") -> None:
+        self.parts.append(f"\n## {title}\n\n" + (f"{text}\n\n" if text else ""))
+
+    def call(
+        self,
+        listener: str,
+        method: str,
+        path: str,
+        note: str = "",
+        *,
+        json_body: Any = None,
+        text: str | None = None,
+        limit: int | None = None,
+    ) -> httpx.Response:
+        url = self.server.urls[listener] + path
+        headers, content = {}, None
+        if json_body is not None:
+            headers, content = {"content-type": "application/json"}, json.dumps(json_body)
+        elif text is not None:
+            headers, content = {"content-type": "text/plain"}, text
+        response = httpx.request(method, url, headers=headers, content=content, timeout=120)
+        shown_url = f"http://127.0.0.1:{DEFAULT_PORTS[listener]}{path}"
+        curl = f"curl -X {method} '{shown_url}'" if method != "GET" else f"curl '{shown_url}'"
+        if json_body is not None:
+            curl += f" -H 'Content-Type: application/json' -d '{json.dumps(json_body)}'"
+        elif text is not None:
+            curl += f" -H 'Content-Type: text/plain' -d '{text}'"
+        body = response.text.strip()
+        if response.headers.get("content-type", "").startswith("application/json"):
+            body = _pretty(response.json())
+        if limit is not None:
+            body = "\n".join(_metrics_excerpt(body, limit)) + "\n..."
+        extra = "".join(f"\n{k}: {v}" for k, v in response.headers.items() if k in ("retry-after", "allow"))
+        self.parts.append(
+            (f"{note}\n\n" if note else "")
+            + f"```bash\n{curl}\n```\n\n```\nHTTP {response.status_code}{extra}\n{body}\n```\n\n"
+        )
+        return response
+
+
+def _pretty(data: Any) -> str:
+    """Indented JSON with short lists of numbers or strings kept on one line."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    return re.sub(r"\[\s*([^\[\]{}]*?)\s*\]", lambda m: "[" + re.sub(r",\s+", ", ", m[1]) + "]", text)
+
+
+def _metrics_excerpt(text: str, limit: int) -> list[str]:
+    wanted = (
+        "torchship_requests_total",
+        "torchship_batch_size_bucket",
+        "torchship_queue_wait_seconds_count",
+        "torchship_inference_seconds_sum",
+        "torchship_request_duration_seconds_count",
+        "torchship_queue_depth",
+        "torchship_workers",
+    )
+    lines = [line for line in text.splitlines() if line.startswith(wanted) and 'model="bbc"' in line]
+    return lines[:limit]
+
+
+def capture(server: Server, name: str, store: Path) -> str:
+    c = Capture(server)
+    c.parts.append(
+        "# Endpoints\n\nEvery example below was captured from a running `torchship serve` "
+        "(`python examples/capture_endpoints.py [--store ./models]`; without a store it serves an untrained "
+        "stand-in of the demo model, so its probabilities are near uniform). Three listeners, all on "
+        "127.0.0.1 by default: "
+        "inference on 8080, management on 8081, metrics on 8082. Errors have TorchServe's body "
+        '`{"code", "type", "message"}` (the v2 routes use `{"error": "..."}`).\n'
+    )
+    c.section("Inference API (port 8080)")
+    c.call("inference", "GET", "/ping", "Health: `Healthy`, `Partial Healthy` or `Unhealthy` (500).")
+    c.call("inference", "POST", f"/predictions/{name}", "Classify one text (JSON).", json_body={"text": TEXT})
+    c.call("inference", "POST", f"/predictions/{name}", "The text itself as `text/plain`.", text=TEXT)
+    c.call(
+        "inference",
+        "POST",
+        f"/predictions/{name}/1",
+        "One version, only the `top_k` labels.",
+        json_body={"text": TEXT, "top_k": 2},
+    )
+    c.section("Open Inference Protocol v2 (port 8080)")
+    c.call("inference", "GET", "/v2/health/ready")
+    c.call("inference", "GET", "/v2")
+    c.call("inference", "GET", f"/v2/models/{name}")
+    c.call("inference", "GET", f"/v2/models/{name}/versions/1/ready")
+    request = {
+        "id": "42",
+        "inputs": [
+            {
+                "name": "text",
+                "datatype": "BYTES",
+                "shape": [2],
+                "data": [TEXT, "The striker scored twice in the final."],
+            }
+        ],
+    }
+    c.call(
+        "inference",
+        "POST",
+        f"/v2/models/{name}/infer",
+        "Several texts: each is batched as a request.",
+        json_body=request,
+    )
+    c.section("Management API (port 8081)")
+    c.call("management", "GET", "/models", "List models (`limit`, `next_page_token`).")
+    c.call("management", "GET", "/models?limit=1&next_page_token=0")
+    c.call("management", "GET", f"/models/{name}", "Describe the default version (`/all`: every version).")
+    c.call(
+        "management",
+        "POST",
+        f"/models?url={name}/1&model_name={name}-copy&initial_workers=1&synchronous=true",
+        "Register a model from the store (`name` or `name/version`), a package directory or a `.zip` in "
+        "the store or a `--model_roots` directory. Parameters: `url`, `model_name`, `batch_size`, "
+        "`max_batch_delay` (ms), `initial_workers`, `synchronous`, `response_timeout` (s), "
+        "`job_queue_size`; or the same as a JSON body.",
+    )
+    c.call("management", "PUT", f"/models/{name}-copy?min_worker=2&synchronous=true", "Scale workers.")
+    c.call("management", "PUT", f"/models/{name}-copy?min_worker=1", "Asynchronously: 202.")
+    c.call("management", "PUT", f"/models/{name}/1/set-default", "Set the default version.")
+    c.call(
+        "management", "DELETE", f"/models/{name}-copy/1", "Unregister a version (in-flight requests finish)."
+    )
+    c.call("management", "PUT", f"/models/{name}/2/set-default")
+    c.section("Metrics (port 8082)")
+    c.call(
+        "metrics",
+        "GET",
+        "/metrics",
+        "Prometheus text format (excerpt; also histograms of queue wait, inference and end-to-end latency).",
+        limit=16,
+    )
+    c.section("Errors")
+    c.call("inference", "POST", "/predictions/nope", "404: unknown model.", json_body={"text": TEXT})
+    c.call("inference", "POST", f"/predictions/{name}/9", "404: unknown version.", json_body={"text": TEXT})
+    c.call("inference", "POST", f"/predictions/{name}", "400: bad input.", json_body={"texts": [TEXT]})
+    c.call("inference", "GET", f"/predictions/{name}", "405: wrong method (with `Allow`).")
+    c.call("management", "POST", "/models?url=https://example.com/bbc.zip", "400: remote URLs are refused.")
+    c.call(
+        "management", "POST", "/models?url=../../etc", "400: paths may not leave the store or model roots."
+    )
+    c.call("management", "POST", f"/models?url={name}/2", "409: already registered.")
+    c.parts.append(
+        "\nOther statuses: **413** when a body exceeds `--max_request_size` (TorchServe's 6.5 MB by "
+        "default); "
+        "**503** with `Retry-After` when a version's queue (`job_queue_size`) is full, or when it has no "
+        "worker; **504** when a request waited or ran longer than `response_timeout` (the worker is then "
+        "killed and replaced); **500** when the handler fails (the message names the handler and step) or "
+        "its worker died.\n"
+    )
+    return "".join(c.parts)
+
+
+def _copy(source: Path, target: Path) -> None:
+    shutil.copytree(source, target, dirs_exist_ok=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--store", help="a store with the model (default: a stand-in in a temp dir)")
+    parser.add_argument("--model", default="bbc")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "ENDPOINTS.md"))
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="torchship-endpoints-"))
+    try:
+        store = work / "store"
+        if args.store:
+            shutil.copytree(args.store, store, ignore=shutil.ignore_patterns(".serve-snapshot.json"))
+        else:
+            sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+            from serve_model import build_stand_in
+
+            first = build_stand_in(store, args.model)
+            ModelStore(store).publish(args.model, lambda tmp: _copy(first, tmp))
+        settings = ServerSettings(
+            inference_port=0, management_port=0, metrics_port=0, store=store, use_snapshot=False
+        )
+        with ServerThread(Server(settings)) as server:
+            while server.health() != "Healthy":
+                httpx.get(server.urls["inference"] + "/ping")
+            Path(args.out).write_text(capture(server, args.model, store), encoding="utf-8")
+        print(f"wrote {args.out}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

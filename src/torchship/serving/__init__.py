@@ -1,0 +1,48 @@
+"""The model server: ``ModelAPI`` handlers behind TorchServe's REST APIs and the Open Inference Protocol.
+
+    from torchship.serving import ModelAPI
+
+    class MyModelAPI(ModelAPI):
+        def inference(self, data): ...
+
+    MyModelAPI(model_path="model.pth").start()
+
+Importing this package is cheap (no torch, no uvicorn): ``Server``, ``ServerThread`` and ``run`` load the
+server stack on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torchship.serving.api import ModelAPI
+from torchship.serving.handlers import TextClassifierAPI
+from torchship.serving.settings import ModelSettings, ServerSettings
+
+if TYPE_CHECKING:
+    from torchship.serving.listeners import ServerThread, run
+    from torchship.serving.server import Server
+
+__all__ = [
+    "ModelAPI",
+    "ModelSettings",
+    "Server",
+    "ServerSettings",
+    "ServerThread",
+    "TextClassifierAPI",
+    "run",
+]
+
+_LAZY = {
+    "Server": "torchship.serving.server",
+    "ServerThread": "torchship.serving.listeners",
+    "run": "torchship.serving.listeners",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'torchship.serving' has no attribute {name!r}")

@@ -1,0 +1,205 @@
+"""``ModelAPI``: the handler contract between the server and a model.
+
+A ``ModelAPI`` is built cheaply where the server starts (it only stores its arguments) and loaded in each
+worker process by :meth:`ModelAPI.setup`. The server then calls :meth:`ModelAPI.predict` with one
+**batch**: a list of request payloads, one per request (a dict/list for ``application/json``, a ``str``
+for ``text/*``, ``bytes`` for anything else), and expects a list with exactly one result per request.
+
+Two handler shapes work:
+
+* three steps — the server calls ``preprocess(payloads)`` → ``inference(data)`` → ``postprocess(output)``;
+* the classic tutorial shape — ``inference(payloads)`` calls ``self.preprocess`` and ``self.postprocess``
+  itself, and the server calls only ``inference``.
+
+The rule that tells them apart is deterministic: if the class's ``inference`` mentions ``preprocess`` or
+``postprocess`` by name (``inference.__code__.co_names``), the server calls only ``inference``. Set the
+class attribute ``inference_calls_steps = True/False`` to decide explicitly.
+
+    class MyModelAPI(ModelAPI):
+        def inference(self, data):
+            input = self.preprocess(data)
+            output = self.model(input)
+            return self.postprocess(output)
+        ...
+
+    api = MyModelAPI(model_path="model.pth")
+    api.start()
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torchship.errors import ConfigError, TorchshipError
+from torchship.serving.errors import HandlerError
+from torchship.serving.model_files import load_model_file
+from torchship.serving.settings import ModelSettings
+
+__all__ = ["WORKER_PROCESS_PREFIX", "ModelAPI", "in_worker_process"]
+
+WORKER_PROCESS_PREFIX = "torchship-worker"
+"""Worker processes are named ``torchship-worker-<model>-<version>-<n>``."""
+
+
+def in_worker_process() -> bool:
+    """True inside a torchship worker, including while it re-imports the user's main script.
+
+    A spawned child sets its process name before it re-runs ``__main__`` (multiprocessing's
+    ``spawn.prepare``), so this is reliable even in a tutorial script with no ``__main__`` guard.
+    """
+    return multiprocessing.current_process().name.startswith(WORKER_PROCESS_PREFIX)
+
+
+class ModelAPI:
+    """Base class for model handlers; override ``load``, ``preprocess``, ``inference``, ``postprocess``.
+
+    ``ModelAPI(model_path=..., name=..., **settings)``: ``settings`` are :class:`ModelSettings` fields
+    (``batch_size``, ``max_batch_delay``, ``workers``, ``job_queue_size``, ``response_timeout``,
+    ``torch_threads``), checked here so a typo fails at once and not in a worker.
+    """
+
+    inference_calls_steps: ClassVar[bool | None] = None
+    """None: decide from the code of ``inference``; True: the server calls only ``inference``; False: the
+    server calls ``preprocess``, ``inference`` and ``postprocess`` in turn."""
+
+    def __init__(
+        self, model_path: str | os.PathLike[str] | None = None, *, name: str | None = None, **settings: Any
+    ) -> None:
+        self.model_path = Path(model_path) if model_path is not None else None
+        self.name = name or _default_name(self.model_path, type(self))
+        self.settings = ModelSettings.from_dict(settings)
+        self.model: Any = None
+
+    def setup(self) -> None:
+        """Load the model; called once in each worker process before its first batch."""
+        self.model = self.load(self.model_path)
+
+    def load(self, model_path: Path | None) -> Any:
+        """Return the model for ``model_path``. The default loads a torchship package directory (and sets
+        ``self.package`` and ``self.tokenizer``), a TorchScript file or a ``torch.export`` ``.pt2`` file."""
+        if model_path is None:
+            raise ConfigError(f"{type(self).__name__} has no model_path; pass one or override load()")
+        loaded = load_model_file(model_path)
+        if hasattr(loaded, "tokenizer") and hasattr(loaded, "config"):  # a torchship ModelPackage
+            self.package = loaded
+            self.tokenizer = loaded.tokenizer
+            return loaded.model
+        return loaded
+
+    def preprocess(self, data: list[Any]) -> Any:
+        """Turn the batch of payloads into the model's input. Default: JSON arrays → one float tensor."""
+        import torch
+
+        if data and all(isinstance(item, list | int | float) for item in data):
+            return torch.as_tensor(data, dtype=torch.float32)
+        return data
+
+    def inference(self, data: Any) -> Any:
+        """Run the model. Default: ``self.model(data)``."""
+        return self.model(data)
+
+    def postprocess(self, output: Any) -> list[Any]:
+        """Turn the model's output into one JSON-able result per request. Default: tensor rows as lists."""
+        import torch
+
+        if isinstance(output, torch.Tensor):
+            return output.tolist() if output.dim() > 0 else [output.item()]
+        return list(output)
+
+    def predict(self, payloads: list[Any]) -> list[Any]:
+        """Run one batch the way this class is written (see the module docstring) under inference mode."""
+        import torch
+
+        with torch.inference_mode():
+            if _calls_steps_itself(type(self)):
+                return _as_results(self._step("inference", payloads))
+            data = self._step("preprocess", payloads)
+            return _as_results(self._step("postprocess", self._step("inference", data)))
+
+    def signature(self) -> dict[str, list[dict[str, Any]]]:
+        """Open Inference Protocol metadata: ``{"inputs": [...], "outputs": [...]}`` with ``name``,
+        ``datatype`` and ``shape`` each. Called in the server process, so it must not need the model."""
+        return {
+            "inputs": [{"name": "input", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "output", "datatype": "BYTES", "shape": [-1]}],
+        }
+
+    def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        management_port: int = 8081,
+        metrics_port: int = 8082,
+        **server_options: Any,
+    ) -> None:
+        """Serve this model with the full server (inference, management and metrics listeners) until
+        SIGINT/SIGTERM. Ports may be 0 (the OS picks; the URLs are printed). Environment variables
+        ``TORCHSHIP_HOST``, ``TORCHSHIP_INFERENCE_PORT``, ``TORCHSHIP_MANAGEMENT_PORT`` and
+        ``TORCHSHIP_METRICS_PORT`` override the arguments. Does nothing inside a worker process, so a
+        script without an ``if __name__ == "__main__"`` guard still works."""
+        if in_worker_process():
+            return
+        from torchship.serving.server import serve_api
+
+        serve_api(
+            self,
+            host=host,
+            inference_port=port,
+            management_port=management_port,
+            metrics_port=metrics_port,
+            **server_options,
+        )
+
+    def _step(self, step: str, data: Any) -> Any:
+        try:
+            return getattr(self, step)(data)
+        except TorchshipError:
+            raise
+        except Exception as exc:
+            raise HandlerError(f"{type(self).__name__}.{step} raised {type(exc).__name__}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model_path={str(self.model_path)!r}, name={self.name!r})"
+
+
+def _calls_steps_itself(cls: type[ModelAPI]) -> bool:
+    if cls.inference_calls_steps is not None:
+        return cls.inference_calls_steps
+    code = getattr(cls.inference, "__code__", None)
+    return code is not None and not {"preprocess", "postprocess"}.isdisjoint(code.co_names)
+
+
+def _as_results(output: Any) -> list[Any]:
+    if isinstance(output, list):
+        return output
+    if isinstance(output, tuple):
+        return list(output)
+    import torch
+
+    if isinstance(output, torch.Tensor) and output.dim() > 0:
+        return output.tolist()  # type: ignore[no-any-return]
+    raise HandlerError(
+        f"the handler returned {type(output).__name__}; return a list with one result per request"
+    )
+
+
+def _default_name(model_path: Path | None, cls: type[ModelAPI]) -> str:
+    """The package's own name, else the file's stem (``model.pth`` → ``model``), else the class name."""
+    if model_path is not None:
+        config = model_path / "config.json"
+        if config.is_file():
+            try:
+                name = json.loads(config.read_text(encoding="utf-8")).get("name")
+            except (OSError, ValueError):
+                name = None
+            if isinstance(name, str) and name:
+                return name
+        stem = model_path.stem if model_path.suffix else model_path.name
+        if stem:
+            return stem
+    return cls.__name__.lower()

@@ -1,0 +1,184 @@
+"""The built-in handler for torchship text-classifier packages, and the table of built-in handlers.
+
+Request (one text per request; the server batches concurrent requests)::
+
+    POST /predictions/bbc   {"text": "Shares rose after the results.", "top_k": 2}
+    POST /predictions/bbc   Shares rose after the results.          (Content-Type: text/plain)
+
+Response::
+
+    {"label": "business", "score": 0.93, "probabilities": {"business": 0.93, "politics": 0.04}}
+
+``probabilities`` lists every label, most likely first, or the ``top_k`` most likely. Several texts in
+one call go through the Open Inference Protocol endpoint (``/v2/models/bbc/infer``), which splits them
+into requests that are batched like any others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torchship.errors import PackageError, UserInputError
+from torchship.serving.api import ModelAPI
+
+__all__ = ["BUILTIN_HANDLERS", "TextClassifierAPI", "plan_groups"]
+
+_USAGE = 'send {"text": "...", "top_k": 3} as JSON or the text itself as text/plain'
+
+
+@dataclass(frozen=True)
+class _Item:
+    text: str
+    top_k: int | None
+
+
+class TextClassifierAPI(ModelAPI):
+    """Serves a torchship package whose ``config.json`` says ``"handler": "text-classifier"``."""
+
+    inference_calls_steps = False
+    # Measured on the demo-sized model, 1 thread (benchmarks/serve.py's model): per-sample cost grows with
+    # the padded tokens of a forward call past about a thousand (attention is quadratic and stops fitting
+    # in cache). 32 BBC articles (~400 tokens) in one call ran at 26/s, one or two per call at 44/s; 64
+    # 16-token texts ran best in one call (~2300/s). So a call gets at most max_tokens padded tokens.
+    max_tokens = 1024
+    """Padded tokens per forward call (batch x longest text); a longer text still gets a call of its own."""
+    max_padding = 0.25
+    """Padding allowed in a forward call, as a fraction of its real tokens (plus ``padding_slack``)."""
+    padding_slack = 64
+    """Padding tokens always allowed: below this, one call fewer costs more than the padding."""
+
+    def load(self, model_path: Path | None) -> Any:
+        from torchship.data.tokenizer import configure_tokenizer
+        from torchship.store import load_package
+
+        if model_path is None:
+            raise PackageError("TextClassifierAPI needs model_path: a torchship package directory")
+        self.package = load_package(model_path)
+        self.labels = list(self.package.config.labels)
+        self.pad_id = self.package.config.model.pad_id
+        self.tokenizer = configure_tokenizer(self.package.tokenizer, self.package.config.max_length)
+        return self.package.model
+
+    def preprocess(self, data: list[Any]) -> list[_Item | UserInputError]:
+        """Check each payload; a bad one becomes its request's 400 without failing the others."""
+        return [_parse(payload) for payload in data]
+
+    def inference(self, data: list[_Item | UserInputError]) -> list[Any]:
+        """Probabilities per text, computed in length-sorted groups so padding stays small."""
+        import torch
+
+        positions = [i for i, item in enumerate(data) if isinstance(item, _Item)]
+        texts = [data[i].text for i in positions]  # type: ignore[union-attr]
+        token_ids = [encoding.ids for encoding in self.tokenizer.encode_batch(texts)] if texts else []
+        results: list[Any] = list(data)
+        order = sorted(range(len(token_ids)), key=lambda k: len(token_ids[k]))
+        lengths = [len(token_ids[k]) for k in order]
+        start = 0
+        for size in plan_groups(lengths, self.max_padding, self.padding_slack, self.max_tokens):
+            group = order[start : start + size]
+            start += size
+            ids, mask = _pad([token_ids[k] for k in group], self.pad_id)
+            probabilities = torch.softmax(self.model(ids, mask).float(), dim=-1)  # (B, num_classes)
+            for row, k in enumerate(group):
+                results[positions[k]] = (data[positions[k]], probabilities[row])
+        return results
+
+    def postprocess(self, output: list[Any]) -> list[Any]:
+        """``{"label", "score", "probabilities"}`` per request (errors pass through)."""
+        return [result if isinstance(result, Exception) else self._answer(*result) for result in output]
+
+    def _answer(self, item: _Item, probabilities: Any) -> dict[str, Any]:
+        values = probabilities.tolist()
+        ranked = sorted(range(len(values)), key=lambda index: -values[index])[: item.top_k]
+        return {
+            "label": self.labels[ranked[0]],
+            "score": round(values[ranked[0]], 6),
+            "probabilities": {self.labels[index]: round(values[index], 6) for index in ranked},
+        }
+
+    def signature(self) -> dict[str, list[dict[str, Any]]]:
+        """Open Inference Protocol metadata, read from ``config.json`` without loading the model."""
+        labels = _labels_of(self.model_path)
+        return {
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [
+                {"name": "label", "datatype": "BYTES", "shape": [-1]},
+                {"name": "score", "datatype": "FP32", "shape": [-1]},
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]},
+            ],
+        }
+
+
+def plan_groups(lengths: Sequence[int], max_padding: float, slack: int, max_tokens: int) -> list[int]:
+    """Split ascending ``lengths`` into consecutive groups, one forward call each; returns the group sizes.
+
+    A group grows while its padded size (count x longest) stays within ``max_tokens`` and its padding
+    within ``max_padding`` of the real tokens plus ``slack`` tokens.
+
+    >>> plan_groups([5, 5, 6, 100, 110], max_padding=0.25, slack=16, max_tokens=1024)
+    [3, 2]
+    """
+    sizes: list[int] = []
+    count = total = 0
+    for length in lengths:
+        padded = (count + 1) * length
+        wasted = padded - (total + length) > max_padding * (total + length) + slack
+        if count and (wasted or padded > max_tokens):
+            sizes.append(count)
+            count = total = 0
+        count += 1
+        total += length
+    if count:
+        sizes.append(count)
+    return sizes
+
+
+def _pad(sequences: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    import torch
+
+    width = max(len(ids) for ids in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.int64)  # (B, T)
+    for row, tokens in enumerate(sequences):
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
+    lengths = torch.tensor([len(tokens) for tokens in sequences])  # (B,)
+    mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T) True on real tokens
+    return ids, mask
+
+
+def _parse(payload: Any) -> _Item | UserInputError:
+    if isinstance(payload, bytes):
+        try:
+            payload = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return UserInputError(f"The request body is not UTF-8 text; {_USAGE}")
+        if payload.lstrip().startswith("{"):
+            with contextlib.suppress(ValueError):  # else a text that happens to start with "{"
+                payload = json.loads(payload)
+    if isinstance(payload, str):
+        return _Item(payload, None)
+    if not isinstance(payload, dict):
+        return UserInputError(f"Expected one text per request, got a JSON {type(payload).__name__}; {_USAGE}")
+    text, top_k = payload.get("text"), payload.get("top_k")
+    if not isinstance(text, str):
+        hint = " (one text per request; the server batches for you)" if "texts" in payload else ""
+        return UserInputError(f'The JSON body needs a "text" string{hint}; {_USAGE}')
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        return UserInputError(f'"top_k" must be a positive integer, got {top_k!r}')
+    return _Item(text, top_k)
+
+
+def _labels_of(model_path: Path | None) -> list[str]:
+    try:
+        data = json.loads((Path(str(model_path)) / "config.json").read_text(encoding="utf-8"))
+        return [str(label) for label in data["labels"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+BUILTIN_HANDLERS: dict[str, type[ModelAPI]] = {"text-classifier": TextClassifierAPI}
+"""``config.json``'s ``handler`` → the class that serves it. Packages cannot name arbitrary code."""

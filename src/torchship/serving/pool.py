@@ -1,0 +1,174 @@
+"""The worker processes of one model version: keep ``target`` of them alive, know which are idle.
+
+A worker that dies after it has loaded is replaced at once. A worker that dies while loading (a model
+that cannot load) is retried with exponential backoff, 1 s up to 30 s, so a broken model costs little
+while it is being fixed, and a fixed one comes back without a restart. Scaling down stops idle workers
+first, then loading ones, then busy ones after their current batch. The pool reports to its version
+through three callbacks: a worker became ready, a worker answered a batch, a worker was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from torchship.serving.api import ModelAPI
+from torchship.serving.errors import HandlerError
+from torchship.serving.settings import default_torch_threads
+from torchship.serving.workers import WorkerProcess, WorkerState
+
+__all__ = ["WorkerPool"]
+
+logger = logging.getLogger("torchship.serving")
+
+_MAX_RESTART_DELAY = 30.0
+
+
+class WorkerPool:
+    """Worker processes for one version; see the module docstring."""
+
+    def __init__(
+        self,
+        api: ModelAPI,
+        version: str,
+        *,
+        on_ready: Callable[[], None],
+        on_done: Callable[[WorkerProcess, int, float, list[Any]], None],
+        on_lost: Callable[[WorkerProcess], None],
+        on_load_failure: Callable[[str], None],
+    ) -> None:
+        self.api = api
+        self.version = version
+        self.target = 0
+        self.idle: list[WorkerProcess] = []
+        self.load_error: str | None = None
+        self._workers: list[WorkerProcess] = []
+        self._on_ready, self._on_done, self._on_lost = on_ready, on_done, on_lost
+        self._on_load_failure = on_load_failure
+        self._loop = asyncio.get_running_loop()
+        self._restart: asyncio.TimerHandle | None = None
+        self._restart_delay = 1.0
+        self._closing = False
+        self._ready_waiters: list[asyncio.Future[None]] = []
+        self._exit_waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def workers(self) -> list[WorkerProcess]:
+        return list(self._workers)
+
+    @property
+    def serving(self) -> int:
+        """Workers that are loaded (idle or running a batch)."""
+        return sum(1 for w in self._workers if w.state in (WorkerState.READY, WorkerState.BUSY))
+
+    def release(self, worker: WorkerProcess) -> None:
+        """A worker finished its batch: idle again, unless it was asked to stop meanwhile."""
+        worker.batch_id = None
+        if worker.state is WorkerState.BUSY:
+            worker.state = WorkerState.READY
+            self.idle.append(worker)
+
+    def scale(self, workers: int) -> None:
+        """Aim for ``workers`` processes (see the module docstring for which ones stop first)."""
+        self.target = workers
+        live = self._live()
+        for _ in range(workers - len(live)):
+            self._spawn()
+        order = {WorkerState.READY: 0, WorkerState.STARTING: 1, WorkerState.BUSY: 2}
+        for worker in sorted(live, key=lambda w: order.get(w.state, 3))[: max(0, len(live) - workers)]:
+            if worker in self.idle:
+                self.idle.remove(worker)
+            worker.stop()
+
+    async def wait_ready(self) -> None:
+        """Wait until ``target`` workers are loaded; :class:`HandlerError` if loading fails."""
+        if self.serving >= self.target:
+            return
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._ready_waiters.append(future)
+        await future
+
+    async def stop(self, timeout: float) -> None:
+        """Stop every worker after its batch; kill those still alive after ``timeout`` seconds."""
+        self._closing = True
+        self.target = 0
+        if self._restart is not None:
+            self._restart.cancel()
+        for worker in list(self._workers):
+            worker.stop()
+        if not self._workers:
+            return
+        exited: asyncio.Future[None] = self._loop.create_future()
+        self._exit_waiters.append(exited)
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), timeout)
+        except asyncio.TimeoutError:
+            for worker in list(self._workers):
+                worker.kill()
+            await exited
+
+    def _live(self) -> list[WorkerProcess]:
+        return [w for w in self._workers if w.state is not WorkerState.STOPPING]
+
+    def _spawn(self) -> None:
+        threads = self.api.settings.torch_threads or default_torch_threads(max(1, self.target))
+        worker = WorkerProcess(
+            self.api,
+            version=self.version,
+            torch_threads=threads,
+            on_message=self._on_message,
+            on_exit=self._on_exit,
+        )
+        self._workers.append(worker)
+
+    def _on_message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "done":
+            self._on_done(worker, message[1], message[2], message[3])
+        elif kind == "ready" and worker.state is WorkerState.STARTING:  # not when asked to stop meanwhile
+            worker.state = WorkerState.READY
+            worker.ready_at = self._loop.time()
+            self.load_error, self._restart_delay = None, 1.0
+            self.idle.append(worker)
+            if self.serving >= self.target:
+                _settle(self._ready_waiters)
+            self._on_ready()
+        elif kind == "failed":
+            self.load_error = f"{message[1]}: {message[2]}"
+            logger.error("%s version %s failed to load: %s", self.api.name, self.version, message[2])
+
+    def _on_exit(self, worker: WorkerProcess) -> None:
+        self._workers.remove(worker)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        self._on_lost(worker)
+        if not self._workers:
+            _settle(self._exit_waiters)
+        if self._closing or len(self._live()) >= self.target:
+            return
+        if worker.ready_at is not None:
+            self._spawn()  # it crashed or was killed while serving: replace it now
+            return
+        reason = self.load_error or f"the worker exited with code {worker.exitcode} while loading"
+        _settle(self._ready_waiters, HandlerError(f'Model "{self.api.name}" failed to load: {reason}'))
+        self._on_load_failure(reason)
+        if self._restart is None:
+            self._restart = self._loop.call_later(self._restart_delay, self._respawn)
+            self._restart_delay = min(_MAX_RESTART_DELAY, self._restart_delay * 2)
+
+    def _respawn(self) -> None:
+        self._restart = None
+        while not self._closing and len(self._live()) < self.target:
+            self._spawn()
+
+
+def _settle(futures: list[asyncio.Future[None]], error: Exception | None = None) -> None:
+    for future in futures:
+        if not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+    futures.clear()

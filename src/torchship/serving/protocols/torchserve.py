@@ -1,0 +1,151 @@
+"""TorchServe's REST APIs: inference (``/ping``, ``/predictions``) and management (``/models``).
+
+Routes, query parameters, status codes and JSON bodies follow TorchServe's ``inference_api.md`` and
+``management_api.md`` so that its clients work unchanged. Differences, on purpose: ``initial_workers``
+defaults to the server's ``--workers`` (TorchServe's 0 leaves a model unusable until scaled);
+``DELETE /models/{model}`` unregisters every version of the model; removing the default version moves the
+default to the latest version left (TorchServe refuses with 403).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from torchship.errors import TorchshipError, UserInputError
+from torchship.serving.errors import ErrorResponse
+from torchship.serving.execution import Outcome
+from torchship.serving.http import Request, Response, Route, json_response, torchserve_error
+from torchship.serving.protocols.describe import describe, paginate
+from torchship.serving.protocols.params import parse_bool, parse_int
+
+if TYPE_CHECKING:
+    from torchship.serving.server import Server
+
+__all__ = ["inference_routes", "management_routes", "outcome_response"]
+
+_CONTENT_TYPES: dict[str, bytes] = {}
+
+
+def inference_routes(server: Server) -> list[Route]:
+    """``GET /ping`` and ``POST /predictions/{model}[/{version}]``."""
+
+    async def ping(request: Request) -> Response:
+        status = server.health()
+        return json_response({"status": status}, 500 if status == "Unhealthy" else 200)
+
+    async def predict(request: Request) -> Response:
+        start = time.perf_counter()
+        served = server.registry.get(request.params["model"], request.params.get("version"))
+        try:
+            body = await request.body(server.settings.max_request_size)
+            outcome = await served.submit(request.header(b"content-type").decode("latin-1"), body)
+        except TorchshipError as exc:
+            served.metrics.request_done(exc.status, time.perf_counter() - start)
+            raise
+        served.metrics.request_done(outcome.status, time.perf_counter() - start)
+        return outcome_response(outcome)
+
+    return [
+        Route("GET", "/ping", ping),
+        Route("POST", "/predictions/{model}", predict),
+        Route("POST", "/predictions/{model}/{version}", predict),
+    ]
+
+
+def outcome_response(outcome: Outcome) -> Response:
+    """A worker's outcome as TorchServe answers it: the body as is, or the error body."""
+    if outcome.error_type:
+        return torchserve_error(
+            ErrorResponse(outcome.status, outcome.error_type, outcome.body.decode("utf-8"))
+        )
+    content_type = _CONTENT_TYPES.get(outcome.content_type)
+    if content_type is None:
+        content_type = _CONTENT_TYPES[outcome.content_type] = outcome.content_type.encode("latin-1")
+    return Response(outcome.status, outcome.body, content_type)
+
+
+def management_routes(server: Server) -> list[Route]:
+    """TorchServe's management API on ``/models``."""
+    registry = server.registry
+
+    async def list_models(request: Request) -> Response:
+        limit = parse_int(request.query, "limit", 100)
+        token = parse_int(request.query, "next_page_token", 0)
+        page, next_token = paginate(registry.names(), limit, token)
+        body: dict[str, Any] = {
+            "models": [{"modelName": name, "modelUrl": registry.get(name).spec.url} for name in page]
+        }
+        if next_token is not None:
+            body = {"nextPageToken": str(next_token), **body}
+        return json_response(body)
+
+    async def describe_model(request: Request) -> Response:
+        name, version = request.params["model"], request.params.get("version")
+        versions = registry.versions(name) if version == "all" else [registry.get(name, version)]
+        return json_response([describe(served, registry.is_default(served)) for served in versions])
+
+    async def register(request: Request) -> Response:
+        params = await _register_params(request, server.settings.max_request_size)
+        synchronous = parse_bool(params, "synchronous", False)
+        served, workers = await server.register_url(params.get("url", ""), params)
+        label = f'Model "{served.name}" Version: {served.version} registered with {workers} initial workers'
+        if workers == 0:
+            return json_response({"status": f"{label}. Use scale workers API to add workers for the model."})
+        if not synchronous:
+            return json_response({"status": "Processing worker updates..."}, 202)
+        return json_response({"status": label})
+
+    async def scale(request: Request) -> Response:
+        name, version = request.params["model"], request.params.get("version")
+        workers = parse_int(request.query, "min_worker", 1)
+        max_workers = parse_int(request.query, "max_worker", workers)
+        if workers < 0 or max_workers < workers:
+            raise UserInputError("max_worker cannot be less than min_worker, and neither can be negative.")
+        synchronous = parse_bool(request.query, "synchronous", False)
+        await server.scale(name, version, workers, max_workers, synchronous=synchronous)
+        if not synchronous:
+            return json_response({"status": "Processing worker updates..."}, 202)
+        target = f"model: {name}" + (f", version: {version}" if version is not None else "")
+        return json_response({"status": f"Workers scaled to {workers} for {target}"})
+
+    async def set_default(request: Request) -> Response:
+        name, version = request.params["model"], request.params["version"]
+        registry.set_default(name, version)
+        return json_response(
+            {"status": f'Default version successfully updated for model "{name}" to "{version}"'}
+        )
+
+    async def unregister(request: Request) -> Response:
+        name = request.params["model"]
+        await registry.unregister(name, request.params.get("version"))
+        return json_response({"status": f'Model "{name}" unregistered'})
+
+    return [
+        Route("GET", "/models", list_models),
+        Route("POST", "/models", register),
+        Route("GET", "/models/{model}", describe_model),
+        Route("PUT", "/models/{model}", scale),
+        Route("DELETE", "/models/{model}", unregister),
+        Route("GET", "/models/{model}/{version}", describe_model),
+        Route("PUT", "/models/{model}/{version}", scale),
+        Route("DELETE", "/models/{model}/{version}", unregister),
+        Route("PUT", "/models/{model}/{version}/set-default", set_default),
+    ]
+
+
+async def _register_params(request: Request, limit: int) -> dict[str, str]:
+    """Query parameters, or a JSON body (TorchServe accepts both)."""
+    params = dict(request.query)
+    if request.header(b"content-type").split(b";")[0].strip() == b"application/json":
+        body = await request.body(limit)
+        data = json.loads(body) if body.strip() else {}
+        if not isinstance(data, dict):
+            raise UserInputError('The registration body must be a JSON object such as {"url": "bbc"}')
+        params.update({key: _as_param(value) for key, value in data.items()})
+    return params
+
+
+def _as_param(value: object) -> str:
+    return json.dumps(value) if isinstance(value, bool) else str(value)

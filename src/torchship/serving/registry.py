@@ -1,0 +1,172 @@
+"""The registry of served models: several versions per model, one default, all changeable at runtime.
+
+Routing a request is two dictionary lookups. Changes are atomic on the event loop: a version registered
+is routable at once, a new default takes the next request, and an unregistered version stops being
+routable at once while the requests already queued or running on it complete (it is drained before its
+workers stop). The default is the latest version (by number) unless one was set explicitly; removing the
+default moves it to the latest version left. ``on_change`` runs after every change (the snapshot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torchship.errors import ConflictError, NotFoundError, VersionNotFoundError
+from torchship.serving.errors import HandlerError
+from torchship.serving.metrics import Metrics
+from torchship.serving.versions import ServedVersion, VersionSpec
+
+__all__ = ["Registry", "version_key"]
+
+logger = logging.getLogger("torchship.serving")
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders ``"2" < "10"`` and ``"1.0" < "1.1"`` (numeric parts as numbers)."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"[.\-_]", version))
+
+
+@dataclass(eq=False)
+class _Model:
+    versions: dict[str, ServedVersion] = field(default_factory=dict)
+    default: str | None = None
+    explicit_default: bool = False
+
+    def latest(self) -> str | None:
+        return max(self.versions, key=version_key) if self.versions else None
+
+
+class Registry:
+    """Model name → versions → :class:`ServedVersion`, with a default version per model."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._models: dict[str, _Model] = {}
+        self._metrics = metrics
+        self.on_change: Callable[[], None] | None = None
+
+    # ---------------------------------------------------------------------------------- lookups
+    def get(self, name: str, version: str | None = None) -> ServedVersion:
+        """The version asked for, or the default; 404 errors name what is missing."""
+        model = self._models.get(name)
+        if model is None:
+            raise NotFoundError(f"Model not found: {name}")
+        if version is None:
+            version = model.default
+            assert version is not None  # a registered model always has a default
+        served = model.versions.get(version)
+        if served is None:
+            raise VersionNotFoundError(f"Model version: {version} does not exist for model: {name}")
+        return served
+
+    def names(self) -> list[str]:
+        """Registered model names, sorted."""
+        return sorted(self._models)
+
+    def versions(self, name: str) -> list[ServedVersion]:
+        """All versions of ``name``, oldest first."""
+        model = self._model(name)
+        return [model.versions[v] for v in sorted(model.versions, key=version_key)]
+
+    def is_default(self, served: ServedVersion) -> bool:
+        model = self._models.get(served.name)
+        return model is not None and model.default == served.version
+
+    def has_explicit_default(self, name: str) -> bool:
+        return self._model(name).explicit_default
+
+    def all_versions(self) -> list[ServedVersion]:
+        return [served for name in self.names() for served in self.versions(name)]
+
+    # ---------------------------------------------------------------------------------- changes
+    async def register(self, spec: VersionSpec, *, workers: int, synchronous: bool = True) -> ServedVersion:
+        """Serve ``spec`` with ``workers`` workers; with ``synchronous``, return once they are loaded
+        (a model that fails to load is unregistered again and the error raised)."""
+        name, version = spec.api.name, spec.version
+        model = self._models.setdefault(name, _Model())
+        if version in model.versions:
+            raise ConflictError(
+                f"Model version {version} is already registered for model {name}; unregister it first "
+                f"(DELETE /models/{name}/{version}) or register it under another model_name"
+            )
+        served = ServedVersion(spec, self._metrics.for_version(name, version))
+        model.versions[version] = served
+        if not model.explicit_default:
+            model.default = model.latest()
+        try:
+            served.scale(workers)
+        except Exception:
+            await self.unregister(name, version)
+            raise
+        self._changed()
+        if synchronous and workers > 0:
+            try:
+                await served.wait_ready()
+            except HandlerError:
+                await self.unregister(name, version)
+                raise
+        return served
+
+    async def unregister(self, name: str, version: str | None = None) -> list[ServedVersion]:
+        """Remove one version (or, with ``version=None``, the whole model), then drain and stop it."""
+        model = self._model(name)
+        if version is not None and version not in model.versions:
+            raise VersionNotFoundError(f"Model version: {version} does not exist for model: {name}")
+        removed = [
+            model.versions.pop(v) for v in ([version] if version is not None else list(model.versions))
+        ]
+        if model.default not in model.versions:
+            model.default, model.explicit_default = model.latest(), False
+        if not model.versions:
+            del self._models[name]
+        self._changed()
+        for served in removed:
+            await served.drain()
+            await served.stop()
+        return removed
+
+    def set_default(self, name: str, version: str) -> None:
+        """Route ``/predictions/{name}`` to ``version`` from the next request on."""
+        model = self._model(name)
+        if version not in model.versions:
+            raise VersionNotFoundError(f"Model version: {version} does not exist for model: {name}")
+        model.default, model.explicit_default = version, True
+        self._changed()
+
+    async def scale(
+        self, name: str, version: str | None, workers: int, *, synchronous: bool
+    ) -> ServedVersion:
+        """Set the number of workers of one version (the default when ``version`` is None)."""
+        served = self.get(name, version)
+        served.scale(workers)
+        self._changed()
+        if synchronous:
+            await served.wait_ready()
+        return served
+
+    async def stop_all(self, timeout: float) -> None:
+        """Drain every version for up to ``timeout`` seconds, then stop them all (server shutdown)."""
+        drains = [served.drain() for served in self.all_versions()]
+        if drains:
+            try:
+                await asyncio.wait_for(asyncio.gather(*drains), timeout)
+            except asyncio.TimeoutError:
+                logger.warning("requests still running after %gs at shutdown; stopping anyway", timeout)
+        for served in self.all_versions():
+            await served.stop()
+
+    def _model(self, name: str) -> _Model:
+        model = self._models.get(name)
+        if model is None:
+            raise NotFoundError(f"Model not found: {name}")
+        return model
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except OSError as exc:  # a full disk must not fail the request that changed the registry
+                logger.error("could not write the registry snapshot: %s", exc)

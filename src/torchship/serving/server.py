@@ -1,0 +1,198 @@
+"""The model server: registry, sources, metrics and snapshot together, behind three listeners.
+
+``Server`` holds the state and the operations the APIs call (register, scale, health); the listeners and
+their lifecycle live in :mod:`torchship.serving.listeners`. ``serve_api`` is what ``ModelAPI.start()``
+runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torchship.errors import ConfigError, NotFoundError
+from torchship.serving.api import ModelAPI
+from torchship.serving.handlers import BUILTIN_HANDLERS
+from torchship.serving.metrics import Metrics
+from torchship.serving.protocols.params import parse_bool, parse_float, parse_int
+from torchship.serving.registry import Registry
+from torchship.serving.settings import ModelSettings, ServerSettings
+from torchship.serving.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot
+from torchship.serving.sources import ModelSources, Source
+from torchship.serving.versions import ServedVersion, VersionSpec
+from torchship.store import ModelStore
+
+__all__ = ["Server", "serve_api"]
+
+logger = logging.getLogger("torchship.serving")
+
+
+class Server:
+    """Everything one torchship server serves. Start it with :func:`~torchship.serving.listeners.run`.
+
+    ``apis`` are models given as ``ModelAPI`` objects (``ModelAPI.start()``); their classes may also
+    serve new versions registered through the management API. ``packages`` are package directories
+    given on the command line; with ``settings.store`` every version in the store is served too.
+    """
+
+    def __init__(
+        self, settings: ServerSettings, *, apis: Sequence[ModelAPI] = (), packages: Sequence[Path] = ()
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.registry = Registry(self.metrics)
+        store = ModelStore(settings.store) if settings.store is not None else None
+        self.sources = ModelSources(store, settings.model_roots, {api.name: type(api) for api in apis})
+        self.urls: dict[str, str] = {}
+        self._apis = list(apis)
+        self._packages = list(packages)
+
+    # ----------------------------------------------------------------------------------- startup
+    async def load_initial(self) -> list[ServedVersion]:
+        """Register what the snapshot, the store, the APIs and the packages say (workers start loading)."""
+        snapshot_path = self.settings.snapshot_path
+        snapshot = read_snapshot(snapshot_path) if snapshot_path is not None else None
+        registered: list[ServedVersion] = []
+        for spec, workers in self._initial_specs(snapshot):
+            if any(s.name == spec.api.name and s.version == spec.version for s in registered):
+                continue
+            registered.append(await self.registry.register(spec, workers=workers, synchronous=False))
+        for name, version in (snapshot.defaults if snapshot else {}).items():
+            try:
+                self.registry.set_default(name, version)
+            except NotFoundError as exc:  # a default that no longer exists is not worth failing the start for
+                logger.warning("snapshot default %s/%s not restored: %s", name, version, exc)
+        if snapshot_path is not None:
+            self.registry.on_change = self.write_snapshot
+            self.write_snapshot()
+        return registered
+
+    def _initial_specs(self, snapshot: Snapshot | None) -> list[tuple[VersionSpec, int]]:
+        defaults = self.settings.model_defaults
+        specs: list[tuple[VersionSpec, int]] = []
+        if snapshot is not None:
+            specs += [item for entry in snapshot.entries if (item := self._restore(entry)) is not None]
+        for source in self.sources.store_sources():
+            known = snapshot.store_versions.get(source.name, []) if snapshot is not None else []
+            if snapshot is None or int(source.version) not in known:
+                specs.append((self._spec(source, defaults, loaded_at_startup=True), defaults.workers))
+        for api in self._apis:
+            url = str(api.model_path) if api.model_path is not None else ""
+            specs.append((VersionSpec(api, "1", url, _qualname(type(api)), True), api.settings.workers))
+        for path in self._packages:
+            specs.append((self._spec(self.sources.package(path), defaults, True), defaults.workers))
+        return specs
+
+    def _restore(self, entry: SnapshotEntry) -> tuple[VersionSpec, int] | None:
+        classes = {_qualname(cls): cls for cls in (*BUILTIN_HANDLERS.values(), *self.sources.custom.values())}
+        handler = classes.get(entry.handler)
+        if handler is None or (entry.path and not Path(entry.path).exists()):
+            logger.warning(
+                "snapshot entry %s/%s not restored: its handler or files are gone", entry.name, entry.version
+            )
+            return None
+        settings = ModelSettings.from_dict(entry.settings)
+        api = handler(model_path=entry.path or None, name=entry.name, **settings.to_dict())
+        return VersionSpec(api, entry.version, entry.url, entry.handler, True), entry.workers
+
+    # -------------------------------------------------------------------------------- operations
+    async def register_url(self, url: str, params: Mapping[str, str]) -> tuple[ServedVersion, int]:
+        """``POST /models``: resolve ``url`` (file work off the event loop), then register and start."""
+        name = params.get("model_name") or None
+        next_version = 1 + max(
+            (int(v.version) for v in self._versions_of(name) if v.version.isdigit()), default=0
+        )
+        source = await asyncio.to_thread(self.sources.resolve, url, name, next_version)
+        settings = self._settings_from(params)
+        workers = parse_int(params, "initial_workers", settings.workers)
+        synchronous = parse_bool(params, "synchronous", False)
+        spec = self._spec(source, settings.replace(workers=max(0, workers)))
+        return await self.registry.register(spec, workers=max(0, workers), synchronous=synchronous), workers
+
+    async def scale(
+        self, name: str, version: str | None, workers: int, max_workers: int, *, synchronous: bool
+    ) -> ServedVersion:
+        """``PUT /models/{name}[/{version}]``."""
+        served = self.registry.get(name, version)
+        served.max_workers = max_workers
+        return await self.registry.scale(name, version, workers, synchronous=synchronous)
+
+    def health(self) -> str:
+        """TorchServe's ``/ping`` status: Healthy, Partial Healthy or Unhealthy (default versions)."""
+        wanted = [self.registry.get(name) for name in self.registry.names()]
+        wanted = [served for served in wanted if served.target_workers > 0]
+        serving = sum(1 for served in wanted if served.serving_workers > 0)
+        if serving == len(wanted):
+            return "Healthy"
+        return "Partial Healthy" if serving else "Unhealthy"
+
+    def write_snapshot(self) -> None:
+        """Record the registry (called after every change)."""
+        path = self.settings.snapshot_path
+        if path is None:
+            return
+        entries = [
+            SnapshotEntry(
+                served.name,
+                served.version,
+                str(served.spec.api.model_path or ""),
+                served.spec.url,
+                served.spec.handler,
+                served.target_workers,
+                served.settings.to_dict(),
+            )
+            for served in self.registry.all_versions()
+        ]
+        defaults = {
+            name: self.registry.get(name).version
+            for name in self.registry.names()
+            if self.registry.has_explicit_default(name)
+        }
+        store = self.sources.store
+        known = {name: store.versions(name) for name in store.models()} if store is not None else {}
+        write_snapshot(path, Snapshot(entries, defaults, known))
+
+    def _spec(self, source: Source, settings: ModelSettings, loaded_at_startup: bool = False) -> VersionSpec:
+        api = source.handler(model_path=source.path, name=source.name, **settings.to_dict())
+        return VersionSpec(api, source.version, source.url, _qualname(source.handler), loaded_at_startup)
+
+    def _settings_from(self, params: Mapping[str, str]) -> ModelSettings:
+        changes: dict[str, Any] = {}
+        for key, field in (("batch_size", "batch_size"), ("job_queue_size", "job_queue_size")):
+            if params.get(key):
+                changes[field] = parse_int(params, key, 0)
+        for key in ("max_batch_delay", "response_timeout"):
+            value = parse_float(params, key)
+            if value is not None:
+                changes[key] = value
+        return self.settings.model_defaults.replace(**changes)
+
+    def _versions_of(self, name: str | None) -> list[ServedVersion]:
+        return self.registry.versions(name) if name is not None and name in self.registry.names() else []
+
+
+def _qualname(cls: type[ModelAPI]) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def serve_api(api: ModelAPI, **options: Any) -> None:
+    """Run the full server for one ``ModelAPI`` until SIGINT/SIGTERM (what ``ModelAPI.start`` calls)."""
+    from torchship.serving.listeners import run
+
+    for key, variable in (
+        ("host", "TORCHSHIP_HOST"),
+        ("inference_port", "TORCHSHIP_INFERENCE_PORT"),
+        ("management_port", "TORCHSHIP_MANAGEMENT_PORT"),
+        ("metrics_port", "TORCHSHIP_METRICS_PORT"),
+    ):
+        value = os.environ.get(variable)
+        if value is not None:
+            if key != "host" and not value.strip().isdigit():
+                raise ConfigError(f"{variable} must be a port number (0 for any free port), got {value!r}")
+            options[key] = value if key == "host" else int(value)
+    options.setdefault("use_snapshot", False)  # one model from code: nothing to restore
+    run(Server(ServerSettings(**options), apis=[api]))

@@ -1,0 +1,156 @@
+"""Typed settings for one served model version and for the server as a whole.
+
+Both are frozen dataclasses validated once, in ``__post_init__``, with messages that name the field. The
+names and units follow TorchServe's configuration (``batch_size``, ``max_batch_delay`` in milliseconds,
+``response_timeout`` in seconds) so that its users find what they know.
+
+    >>> ModelSettings(batch_size=16, max_batch_delay=5)
+    ModelSettings(batch_size=16, max_batch_delay=5.0, workers=1, ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchship.errors import ConfigError
+
+__all__ = ["DEFAULT_MAX_REQUEST_SIZE", "ModelSettings", "ServerSettings", "default_torch_threads"]
+
+DEFAULT_MAX_REQUEST_SIZE = 6_553_500
+"""TorchServe's default ``max_request_size`` in bytes (6.5 MB)."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How one model version is batched and run. The defaults work untuned on a small CPU machine."""
+
+    batch_size: int = 32
+    """Largest number of requests run together in one call of the handler."""
+    max_batch_delay: float = 5.0
+    """Milliseconds a request may wait for others to join its batch. Only spent while other batches of the
+    same version are running: a request that finds a free worker and nothing else in flight goes at once."""
+    workers: int = 1
+    """Worker processes for this version (TorchServe's ``min_worker``/``initial_workers``)."""
+    max_workers: int | None = None
+    """Reported as TorchServe's ``maxWorkers``; defaults to ``workers`` (there is no autoscaling)."""
+    job_queue_size: int = 512
+    """Requests that may wait for a worker; one more is answered 503 with ``Retry-After``."""
+    response_timeout: float = 60.0
+    """Seconds a request may wait in the queue, and seconds a batch may run in a worker, before the request
+    is answered 504. A worker whose batch runs past it is killed and replaced."""
+    torch_threads: int | None = None
+    """``torch.set_num_threads`` in each worker; None picks :func:`default_torch_threads`."""
+
+    def __post_init__(self) -> None:
+        _check_int("batch_size", self.batch_size, minimum=1)
+        _check_number("max_batch_delay", self.max_batch_delay, minimum=0.0)
+        _check_int("workers", self.workers, minimum=0)
+        _check_int("job_queue_size", self.job_queue_size, minimum=1)
+        _check_number("response_timeout", self.response_timeout, minimum=0.001)
+        if self.max_workers is not None:
+            _check_int("max_workers", self.max_workers, minimum=self.workers)
+        if self.torch_threads is not None:
+            _check_int("torch_threads", self.torch_threads, minimum=1)
+        object.__setattr__(self, "max_batch_delay", float(self.max_batch_delay))
+        object.__setattr__(self, "response_timeout", float(self.response_timeout))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSettings:
+        """Build settings from a mapping; unknown keys are a :class:`ConfigError` naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown model setting(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
+            )
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able copy (used by the snapshot)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> ModelSettings:
+        """A copy with ``changes`` applied and validated."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def max_batch_delay_s(self) -> float:
+        """``max_batch_delay`` in seconds."""
+        return self.max_batch_delay / 1000.0
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where the three listeners bind and what the server may load. Port 0 asks the OS for a free port."""
+
+    host: str = "127.0.0.1"
+    """Interface for all three listeners; 127.0.0.1 keeps them private to this machine."""
+    inference_port: int = 8080
+    management_port: int = 8081
+    metrics_port: int = 8082
+    max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
+    """Largest request body in bytes; a larger one is answered 413."""
+    store: Path | None = None
+    """Model store served at start (every model, every version) and where archives are published."""
+    model_roots: tuple[Path, ...] = ()
+    """Directories outside the store from which the management API may register packages by path."""
+    snapshot: Path | None = None
+    """Where the registry snapshot lives; None means ``<store>/.serve-snapshot.json`` when a store is set."""
+    use_snapshot: bool = True
+    """Restore the snapshot at start and rewrite it on every change."""
+    graceful_timeout: float = 30.0
+    """Seconds to wait for in-flight requests at shutdown before closing connections."""
+    model_defaults: ModelSettings = field(default_factory=ModelSettings)
+    """Settings for every version registered without its own."""
+
+    def __post_init__(self) -> None:
+        for name in ("inference_port", "management_port", "metrics_port"):
+            _check_int(name, getattr(self, name), minimum=0, maximum=65535)
+        _check_int("max_request_size", self.max_request_size, minimum=1)
+        _check_number("graceful_timeout", self.graceful_timeout, minimum=0.0)
+        if self.store is not None:
+            object.__setattr__(self, "store", Path(self.store))
+        object.__setattr__(self, "model_roots", tuple(Path(root) for root in self.model_roots))
+        if self.snapshot is not None:
+            object.__setattr__(self, "snapshot", Path(self.snapshot))
+
+    @property
+    def snapshot_path(self) -> Path | None:
+        """The snapshot file in use, or None when snapshots are off or there is nowhere to keep one."""
+        if not self.use_snapshot:
+            return None
+        if self.snapshot is not None:
+            return self.snapshot
+        return self.store / ".serve-snapshot.json" if self.store is not None else None
+
+
+def default_torch_threads(workers: int) -> int:
+    """Intra-op threads per worker: the cores left after one for the HTTP process, split between workers.
+
+    Measured with ``benchmarks/serve.py`` on the 2-core machine (16-token texts, concurrency 64, wrk on the
+    same cores): 1 worker x 1 thread served ~1600 req/s, 1 worker x 2 threads ~130 req/s (OpenMP threads
+    spin against the HTTP process and the load generator), 2 workers x 1 thread ~1300 req/s. So one core
+    is left to the HTTP process and a worker never gets more threads than the cores that remain.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, (cores - 1) // max(1, workers))
+
+
+def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ConfigError(f"{name}: must be {bound}, got {value}")
+
+
+def _check_number(name: str, value: object, *, minimum: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if value < minimum or value != value:  # value != value catches NaN
+        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")

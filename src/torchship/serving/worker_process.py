@@ -1,0 +1,81 @@
+"""The body of a worker process: load the model once, then run batches sent over a pipe until told to stop.
+
+Messages are tuples of plain values (never pickled exception objects):
+
+    server → worker   ("run", batch_id, [(content_type, body), ...])   or   ("stop",)
+    worker → server   ("ready", pid)
+                      ("failed", error_type, message)                   loading failed; the worker exits
+                      ("done", batch_id, seconds, [(status, content_type, body, error_type), ...])
+
+The worker ignores SIGINT: Ctrl+C reaches the whole process group, and the server, not the worker, decides
+when in-flight batches are finished. It exits on its own when the pipe closes or the server process goes
+away, so a killed server leaves no orphans behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from multiprocessing.connection import Connection
+
+from torchship.errors import TorchshipError
+from torchship.serving.api import ModelAPI
+from torchship.serving.execution import run_batch
+
+__all__ = ["worker_main"]
+
+logger = logging.getLogger("torchship.serving.worker")
+
+
+def worker_main(api: ModelAPI, conn: Connection, torch_threads: int) -> None:
+    """Entry point of a worker process (the target given to ``multiprocessing``'s spawn context)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
+    _limit_threads(torch_threads)
+    try:
+        api.setup()
+    except BaseException as exc:  # a model that cannot load must not take the server down
+        logger.error("%r failed to load", api, exc_info=exc)
+        kind = exc.type if isinstance(exc, TorchshipError) else "InternalServerException"
+        conn.send(("failed", kind, f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] != "run":
+            return
+        _, batch_id, requests = message
+        start = time.perf_counter()
+        outcomes = run_batch(api, requests)
+        conn.send(("done", batch_id, time.perf_counter() - start, [tuple(outcome) for outcome in outcomes]))
+
+
+def _limit_threads(torch_threads: int) -> None:
+    # Tokenizers (Rust/rayon) sizes its pool from this variable the first time it runs in parallel.
+    os.environ.setdefault("RAYON_NUM_THREADS", str(torch_threads))
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    # Batches run one at a time, so inter-op threads only compete; the call fails (and is skipped) when
+    # something the user's module ran at import has already started torch's thread pools.
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+
+
+def _exit_with_parent() -> None:
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:  # re-parented: the server is gone
+                os._exit(0)
+
+    threading.Thread(target=watch, name="torchship-parent-watch", daemon=True).start()

@@ -1,0 +1,28 @@
+"""TorchServe's pagination and query parameters, as pure functions."""
+
+from __future__ import annotations
+
+import pytest
+
+from torchship.errors import UserInputError
+from torchship.serving.protocols.describe import paginate
+from torchship.serving.protocols.params import parse_bool, parse_float, parse_int
+
+
+def test_paginate_like_torchserve() -> None:
+    names = ["a", "b", "c", "d"]
+    assert paginate(names, 2, 0) == (["a", "b"], 2)
+    assert paginate(names, 2, 2) == (["c", "d"], None)
+    assert paginate(names, -1, -5) == (names, None)  # out-of-range limit means 100, negative token 0
+    assert paginate(names, 500, 3) == (["d"], None)
+
+
+def test_parameters_parse_or_name_the_bad_one() -> None:
+    assert parse_int({"limit": "5"}, "limit", 100) == 5
+    assert parse_int({}, "limit", 100) == 100
+    assert parse_float({"max_batch_delay": "2.5"}, "max_batch_delay") == 2.5
+    assert parse_bool({"synchronous": "TRUE"}, "synchronous", False) is True
+    with pytest.raises(UserInputError, match="limit must be an integer"):
+        parse_int({"limit": "x"}, "limit", 0)
+    with pytest.raises(UserInputError, match="synchronous must be true or false"):
+        parse_bool({"synchronous": "maybe"}, "synchronous", False)

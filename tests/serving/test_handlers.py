@@ -1,0 +1,53 @@
+"""The built-in text classifier, in-process: same numbers as the package, bad inputs fail alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from torchship.errors import UserInputError
+from torchship.serving import TextClassifierAPI
+from torchship.serving.handlers import plan_groups
+from torchship.store import load_package
+
+
+@pytest.fixture(scope="module")
+def api(store_root: Path) -> TextClassifierAPI:
+    api = TextClassifierAPI(model_path=store_root / "news" / "1")
+    api.setup()
+    return api
+
+
+def test_batched_answers_match_the_package(api: TextClassifierAPI, store_root: Path) -> None:
+    texts = ["a goal", "the market fell as oil prices climbed and climbed", "software", "the coach"]
+    answers = api.predict([{"text": t} for t in texts])
+    expected = load_package(store_root / "news" / "1").predict_proba(texts)
+    for answer, row in zip(answers, expected, strict=True):
+        assert answer["score"] == pytest.approx(float(row.max()), abs=1e-5)
+        assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_payload_forms_and_top_k(api: TextClassifierAPI) -> None:
+    as_bytes, as_text, ranked = api.predict([b'{"text": "a goal"}', "a goal", {"text": "a goal", "top_k": 2}])
+    assert as_bytes == as_text
+    assert list(ranked["probabilities"]) == list(as_text["probabilities"])[:2]
+
+
+def test_bad_payloads_fail_alone(api: TextClassifierAPI) -> None:
+    answers = api.predict([{"texts": ["a"]}, {"text": "ok"}, 3, b"\xff"])
+    assert [type(a) for a in answers] == [UserInputError, dict, UserInputError, UserInputError]
+    assert "one text per request" in str(answers[0])
+
+
+def test_groups_limit_padding_and_tokens_per_call() -> None:
+    assert plan_groups([5, 5, 6, 100, 110], max_padding=0.25, slack=16, max_tokens=1024) == [3, 2]
+    assert plan_groups([10] * 4, max_padding=0.0, slack=0, max_tokens=1024) == [4]
+    assert plan_groups([400, 410, 500, 512], max_padding=1.0, slack=512, max_tokens=1024) == [2, 2]
+    assert plan_groups([2000], max_padding=0.25, slack=16, max_tokens=1024) == [1]
+    assert plan_groups([], max_padding=0.25, slack=16, max_tokens=1024) == []
+
+
+def test_signature_names_the_labels_without_loading(store_root: Path) -> None:
+    signature = TextClassifierAPI(model_path=store_root / "news" / "1").signature()
+    assert signature["outputs"][2]["shape"] == [-1, 3]

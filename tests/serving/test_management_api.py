@@ -1,0 +1,214 @@
+"""The management listener end to end: list, describe, register (store, paths, archives), scale,
+set-default and unregister, at runtime, with the safety checks on what may be registered."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import publish_classifier, running, settings, wait_ready, wait_until
+
+from torchship.serving import Server
+from torchship.store import ModelStore, load_package
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory: pytest.TempPathFactory, store_root: Path) -> tuple[Path, Path]:
+    """A private copy of the store (this module changes it) and an allowed --model_roots directory."""
+    base = tmp_path_factory.mktemp("management")
+    store = base / "store"
+    shutil.copytree(store_root, store)
+    allowed = base / "uploads"
+    publish_classifier(allowed / "staging", "other", seed=5)
+    return store, allowed
+
+
+@pytest.fixture(scope="module")
+def server(roots: tuple[Path, Path]) -> Iterator[Server]:
+    store, allowed = roots
+    with running(settings(store=store, model_roots=(allowed,))) as server:
+        wait_ready(server)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def manage(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.urls["management"], timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def infer(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.urls["inference"], timeout=120) as client:
+        yield client
+
+
+def test_list_models_pages_like_torchserve(manage: httpx.Client) -> None:
+    assert manage.get("/models").json() == {"models": [{"modelName": "news", "modelUrl": "news/2"}]}
+    assert manage.get("/models?limit=abc").status_code == 400
+
+
+def test_describe_model_version_and_all(manage: httpx.Client) -> None:
+    [default] = manage.get("/models/news").json()
+    assert (default["modelName"], default["modelVersion"], default["isDefault"]) == ("news", "2", True)
+    assert default["workers"][0]["status"] == "READY"
+    assert default["jobQueueStatus"] == {"remainingCapacity": 512, "pendingRequests": 0}
+    assert [d["modelVersion"] for d in manage.get("/models/news/all").json()] == ["1", "2"]
+    assert manage.get("/models/news/1").json()[0]["isDefault"] is False
+    assert manage.get("/models/nope").status_code == 404
+    missing = manage.get("/models/news/9")
+    assert missing.status_code == 404
+    assert missing.json()["message"] == "Model version: 9 does not exist for model: news"
+
+
+def test_register_a_new_store_version_makes_it_the_default(
+    manage: httpx.Client, infer: httpx.Client, roots: tuple[Path, Path]
+) -> None:
+    store, _ = roots
+    version = publish_classifier(store, "news", seed=3)
+    response = manage.post(f"/models?url=news/{version}&initial_workers=1&synchronous=true&batch_size=4")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"status": f'Model "news" Version: {version} registered with 1 initial workers'}
+    assert manage.get(f"/models/news/{version}").json()[0]["batchSize"] == 4
+    text = "the coach praised the players"
+    expected = load_package(store / "news" / str(version)).predict_proba([text])[0]
+    assert infer.post("/predictions/news", json={"text": text}).json()["score"] == pytest.approx(
+        float(expected.max()), abs=1e-5
+    )
+    duplicate = manage.post(f"/models?url=news/{version}")
+    assert duplicate.status_code == 409
+    assert duplicate.json()["type"] == "ConflictStatusException"
+
+
+def test_set_default_takes_the_next_request(
+    manage: httpx.Client, infer: httpx.Client, roots: tuple[Path, Path]
+) -> None:
+    store, _ = roots
+    response = manage.put("/models/news/1/set-default")
+    assert response.json() == {"status": 'Default version successfully updated for model "news" to "1"'}
+    text = "shares in the bank rose"
+    expected = load_package(store / "news" / "1").predict_proba([text])[0]
+    assert infer.post("/predictions/news", json={"text": text}).json()["score"] == pytest.approx(
+        float(expected.max()), abs=1e-5
+    )
+    assert manage.put("/models/news/9/set-default").status_code == 404
+
+
+def test_scale_workers_sync_and_async(manage: httpx.Client, server: Server) -> None:
+    response = manage.put("/models/news/1?min_worker=2&synchronous=true")
+    assert response.json() == {"status": "Workers scaled to 2 for model: news, version: 1"}
+    assert len(manage.get("/models/news/1").json()[0]["workers"]) == 2
+    accepted = manage.put("/models/news/1?min_worker=1")
+    assert accepted.status_code == 202
+    assert accepted.json() == {"status": "Processing worker updates..."}
+    wait_until(lambda: len(manage.get("/models/news/1").json()[0]["workers"]) == 1, what="scale down")
+    assert manage.put("/models/news/1?min_worker=x").status_code == 400
+    assert manage.put("/models/news/1?min_worker=3&max_worker=1").status_code == 400
+
+
+def test_register_from_an_allowed_root_publishes_into_the_store(
+    manage: httpx.Client, infer: httpx.Client, roots: tuple[Path, Path]
+) -> None:
+    store, allowed = roots
+    package = allowed / "staging" / "other" / "1"
+    response = manage.post("/models", json={"url": str(package), "model_name": "copied", "synchronous": True})
+    assert response.status_code == 200, response.text
+    assert ModelStore(store).versions("copied") == [1]
+    assert load_package(store / "copied" / "1").config.name == "copied"
+    assert infer.post("/predictions/copied", json={"text": "a"}).status_code == 200
+
+
+def test_register_a_zip_archive(manage: httpx.Client, infer: httpx.Client, roots: tuple[Path, Path]) -> None:
+    store, allowed = roots
+    archive = allowed / "other.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for file in (allowed / "staging" / "other" / "1").iterdir():
+            zipped.write(file, f"other-1/{file.name}")
+    response = manage.post("/models?url=other.zip&synchronous=true&initial_workers=1".replace(
+        "other.zip", str(archive)))  # fmt: skip
+    assert response.status_code == 200, response.text
+    assert ModelStore(store).versions("other") == [1]
+    assert infer.post("/predictions/other", json={"text": "a"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://example.com/model.zip", "does not download"),
+        ("../../etc", "outside the model store"),
+        ("", "url is required"),
+    ],
+)
+def test_register_refuses_unsafe_sources(manage: httpx.Client, url: str, reason: str) -> None:
+    response = manage.post("/models", params={"url": url})
+    assert response.status_code == 400
+    assert reason in response.json()["message"]
+
+
+def test_register_refuses_symlink_escapes_and_zip_slip(
+    manage: httpx.Client, roots: tuple[Path, Path], tmp_path: Path
+) -> None:
+    store, allowed = roots
+    outside = tmp_path / "outside"
+    shutil.copytree(allowed / "staging" / "other" / "1", outside)
+    (store / "escape").symlink_to(outside)
+    response = manage.post("/models", params={"url": "escape"})
+    assert response.status_code == 400
+    assert "outside the model store" in response.json()["message"]
+    evil = allowed / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zipped:
+        zipped.write(outside / "config.json", "config.json")
+        zipped.writestr("../../escaped.txt", "gotcha")
+    response = manage.post("/models", params={"url": str(evil)})
+    assert response.status_code == 400
+    assert "outside the package" in response.json()["message"]
+    assert not (store.parent / "escaped.txt").exists()
+
+
+def test_unregister_a_version_under_load_fails_no_request(manage: httpx.Client, infer: httpx.Client) -> None:
+    manage.put("/models/news/2/set-default")
+    failures: list[int] = []
+    done = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=str(infer.base_url), timeout=120) as client:
+            while not done.is_set():
+                status = client.post("/predictions/news", json={"text": "the match"}).status_code
+                if status != 200:
+                    failures.append(status)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+
+    response = manage.delete("/models/news/1")
+    done.set()
+    for thread in threads:
+        thread.join()
+    assert response.json() == {"status": 'Model "news" unregistered'}
+    assert failures == []
+    assert infer.post("/predictions/news/1", json={"text": "x"}).status_code == 404
+
+
+def test_unregister_a_whole_model_and_wrong_methods(manage: httpx.Client, infer: httpx.Client) -> None:
+    assert manage.delete("/models/other").status_code == 200
+    assert infer.post("/predictions/other", json={"text": "a"}).status_code == 404
+    assert manage.delete("/models/other").status_code == 404
+    assert manage.patch("/models").status_code == 405
+    assert manage.post("/models/news").status_code == 405
+
+
+def test_metrics_listener(server: Server) -> None:
+    with httpx.Client(base_url=server.urls["metrics"]) as client:
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        assert "torchship_workers" in response.text
+        assert client.get("/other").status_code == 404

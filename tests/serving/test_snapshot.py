@@ -1,0 +1,57 @@
+"""The registry snapshot: written atomically, read back, and a restart that restores what was served."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import describe, publish_classifier, running, settings, wait_ready
+
+from torchship.errors import ConfigError
+from torchship.serving.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot
+
+
+def test_snapshot_round_trip_leaves_no_temporary_file(tmp_path: Path) -> None:
+    entry = SnapshotEntry("news", "2", "/store/news/2", "news/2", "a.b:C", 2, {"batch_size": 8})
+    path = tmp_path / "state" / "snapshot.json"
+    write_snapshot(path, Snapshot([entry], {"news": "2"}, {"news": [1, 2]}))
+    restored = read_snapshot(path)
+    assert restored is not None
+    assert restored.entries == [entry]
+    assert (restored.defaults, restored.store_versions) == ({"news": "2"}, {"news": [1, 2]})
+    assert [p.name for p in path.parent.iterdir()] == ["snapshot.json"]
+
+
+def test_missing_snapshot_is_none_and_a_damaged_one_says_what_to_do(tmp_path: Path) -> None:
+    assert read_snapshot(tmp_path / "none.json") is None
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text('{"format": 1, "models": [{"name": 1}]')
+    with pytest.raises(ConfigError, match="--no_snapshot"):
+        read_snapshot(damaged)
+
+
+@pytest.mark.slow
+def test_a_restart_restores_versions_defaults_and_workers(store_root: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(store_root, store)
+    publish_classifier(store, "news", seed=3)
+    with running(settings(store=store, use_snapshot=True)) as server:
+        wait_ready(server)
+        with httpx.Client(base_url=server.urls["management"], timeout=120) as manage:
+            assert manage.put("/models/news/1/set-default").status_code == 200
+            assert manage.put("/models/news/1?min_worker=2&synchronous=true").status_code == 200
+            assert manage.delete("/models/news/3").status_code == 200
+    assert (store / ".serve-snapshot.json").is_file()
+    publish_classifier(store, "news", seed=4)  # published while the server was down: served after restart
+    with running(settings(store=store, use_snapshot=True)) as server:
+        wait_ready(server)
+        versions = {d["modelVersion"]: d for d in describe(server, "/models/news/all")}
+        assert sorted(versions) == ["1", "2", "4"]
+        assert versions["1"]["isDefault"] is True
+        assert len(versions["1"]["workers"]) == 2
+        with httpx.Client(base_url=server.urls["inference"], timeout=120) as client:
+            assert client.post("/predictions/news", json={"text": "a goal"}).status_code == 200
+    with running(settings(store=store, use_snapshot=False)) as server:  # --no_snapshot: the store as is
+        assert sorted(d["modelVersion"] for d in describe(server, "/models/news/all")) == ["1", "2", "3", "4"]

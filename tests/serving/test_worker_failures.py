@@ -1,0 +1,138 @@
+"""Workers that crash, hang or cannot load, a full queue, and no workers: each gets a clear 5xx for the
+requests it concerns, the worker is replaced, and nothing else is disturbed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from conftest import describe, running, settings, wait_until
+from serving_handlers import BrokenLoadAPI, SlowAPI
+
+from torchship.serving import Server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    apis = [
+        SlowAPI(name="slow", response_timeout=30),
+        SlowAPI(name="hang", response_timeout=1.5),
+        SlowAPI(name="tiny", batch_size=1, job_queue_size=2),
+        SlowAPI(name="bystander"),
+        SlowAPI(name="draining"),
+        BrokenLoadAPI(name="broken"),
+    ]
+    with running(settings(), apis) as server:
+        wait_until(lambda: server.registry.get("slow").serving_workers == 1, 120, "workers")
+        wait_until(lambda: server.registry.get("hang").serving_workers == 1, 120, "workers")
+        wait_until(lambda: server.registry.get("tiny").serving_workers == 1, 120, "workers")
+        wait_until(lambda: server.registry.get("bystander").serving_workers == 1, 120, "workers")
+        wait_until(lambda: server.registry.get("draining").serving_workers == 1, 120, "workers")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.urls["inference"], timeout=120) as client:
+        yield client
+
+
+def _in_background(
+    client: httpx.Client, path: str, body: Any
+) -> tuple[threading.Thread, list[httpx.Response]]:
+    answers: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: answers.append(client.post(path, json=body)))
+    thread.start()
+    return thread, answers
+
+
+def _ready_pids(server: Server, model: str) -> set[int]:
+    return {w["pid"] for w in describe(server, f"/models/{model}")[0]["workers"] if w["status"] == "READY"}
+
+
+def _busy_worker(server: Server, model: str) -> dict[str, Any] | None:
+    workers = describe(server, f"/models/{model}")[0]["workers"]
+    return next((worker for worker in workers if worker["status"] == "BUSY"), None)
+
+
+def test_a_killed_worker_fails_only_its_request_and_is_replaced(server: Server, client: httpx.Client) -> None:
+    thread, answers = _in_background(client, "/predictions/slow", {"sleep": 60})
+    wait_until(lambda: _busy_worker(server, "slow") is not None, what="the worker to start the request")
+    worker = _busy_worker(server, "slow")
+    assert worker is not None
+    os.kill(worker["pid"], signal.SIGKILL)
+    thread.join()
+    assert answers[0].status_code == 500
+    assert "died while running this request" in answers[0].json()["message"]
+    wait_until(lambda: bool(_ready_pids(server, "slow") - {worker["pid"]}), 120, "a replacement worker")
+    assert client.post("/predictions/slow", json={}).status_code == 200
+    assert client.post("/predictions/bystander", json={}).status_code == 200
+
+
+def test_a_worker_that_exits_in_the_handler_is_replaced(server: Server, client: httpx.Client) -> None:
+    response = client.post("/predictions/slow", json={"exit": 3})
+    assert response.status_code == 500
+    assert "exit code 3" in response.json()["message"]
+    wait_until(lambda: len(_ready_pids(server, "slow")) == 1, 120, "a replacement worker")
+    assert client.post("/predictions/slow", json={}).status_code == 200
+
+
+def test_a_hung_worker_times_out_with_504_and_is_replaced(server: Server, client: httpx.Client) -> None:
+    [old] = describe(server, "/models/hang")[0]["workers"]
+    response = client.post("/predictions/hang", json={"sleep": 120})
+    assert response.status_code == 504
+    assert response.json()["type"] == "RequestTimeoutException"
+    assert "response_timeout=1.5s" in response.json()["message"]
+    wait_until(lambda: bool(_ready_pids(server, "hang") - {old["pid"]}), 120, "a replacement worker")
+    assert client.post("/predictions/hang", json={}).status_code == 200
+
+
+def test_a_full_queue_answers_503_with_retry_after(server: Server, client: httpx.Client) -> None:
+    running_one, _ = _in_background(client, "/predictions/tiny", {"sleep": 5})
+    wait_until(lambda: _busy_worker(server, "tiny") is not None, what="the worker to be busy")
+    queued = [_in_background(client, "/predictions/tiny", {}) for _ in range(2)]
+    wait_until(lambda: server.registry.get("tiny").pending == 2, what="two queued requests")
+    response = client.post("/predictions/tiny", json={})
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
+    assert "job_queue_size" in response.json()["message"]
+    running_one.join()
+    for thread, _ in queued:
+        thread.join()
+    assert all(answers[0].status_code == 200 for _, answers in queued)
+
+
+def test_a_model_that_cannot_load_answers_503_with_the_reason(server: Server, client: httpx.Client) -> None:
+    wait_until(lambda: server.registry.get("broken").load_error is not None, 120, "the load failure")
+    response = client.post("/predictions/broken", json={})
+    assert response.status_code == 503
+    assert "weights.bin is missing" in response.json()["message"]
+    assert "weights.bin is missing" in describe(server, "/models/broken")[0]["loadError"]
+    assert client.get("/ping").json() == {"status": "Partial Healthy"}
+
+
+def test_no_workers_answers_503(server: Server, client: httpx.Client) -> None:
+    with httpx.Client(base_url=server.urls["management"], timeout=120) as manage:
+        assert manage.put("/models/bystander?min_worker=0&synchronous=true").status_code == 200
+        response = client.post("/predictions/bystander", json={})
+        assert response.status_code == 503
+        assert "has no worker" in response.json()["message"]
+        assert manage.put("/models/bystander?min_worker=1&synchronous=true").status_code == 200
+    assert client.post("/predictions/bystander", json={}).status_code == 200
+
+
+def test_unregister_lets_in_flight_requests_finish(server: Server, client: httpx.Client) -> None:
+    running_one, answers = _in_background(client, "/predictions/draining", {"sleep": 2})
+    wait_until(lambda: _busy_worker(server, "draining") is not None, what="the request to run")
+    with httpx.Client(base_url=server.urls["management"], timeout=120) as manage:
+        assert manage.delete("/models/draining").status_code == 200
+    running_one.join()
+    assert answers[0].status_code == 200
+    assert client.post("/predictions/draining", json={}).status_code == 404
