@@ -1,0 +1,97 @@
+"""Train the demo classifier on BBC News and print its test accuracy, macro-F1 and wall time.
+
+    python benchmarks/train_bbc.py                  # from-scratch TransformerClassifier, torchship's defaults
+    python benchmarks/train_bbc.py --model minilm   # fine-tune all-MiniLM-L6-v2 (pip install 'torchship[hf]')
+
+The split is the seeded, stratified 80/10/10 split of ``torchship train --data bbc-news``; the package is
+published into a temporary store (or ``--store``). Targets on a 2-core CPU: from scratch >= 97% test
+accuracy within 5 minutes of training; MiniLM >= 99%. For scale: TF-IDF + a linear SVM scores about 99%
+in seconds. The script prints; it does not assert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from typing import Any
+
+from torchship.data.datamodule import DataConfig
+from torchship.training import ModelOptions, OptimOptions, train
+
+# Fine-tuning recipe for all-MiniLM-L6-v2: short inputs (it is slow on a CPU), a small encoder learning
+# rate and a larger one for the new head, few epochs.
+MINILM: dict[str, Any] = {"max_length": 256, "lr": 1e-3, "encoder_lr": 5e-5, "epochs": 3, "batch_size": 16}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=["scratch", "minilm"], default="scratch")
+    parser.add_argument("--store", default=None, help="publish here instead of a temporary store")
+    parser.add_argument("--epochs", type=int, default=None, help="default: torchship's (scratch) or 3")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--encoder_lr", type=float, default=None)
+    parser.add_argument("--warmup_ratio", type=float, default=None)
+    parser.add_argument("--max_length", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--vocab_size", type=int, default=None)
+    parser.add_argument("--d_model", type=int, default=None)
+    parser.add_argument("--n_heads", type=int, default=None)
+    parser.add_argument("--n_layers", type=int, default=None)
+    parser.add_argument("--d_ff", type=int, default=None)
+    parser.add_argument("--dropout", type=float, default=None)
+    parser.add_argument("--pooling", choices=["mean", "cls"], default=None)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+
+    recipe = MINILM if args.model == "minilm" else {}
+    data_options = _given(args, recipe, "max_length", "batch_size", "vocab_size")
+    model_options = _given(args, {}, "d_model", "n_heads", "n_layers", "d_ff", "dropout", "pooling")
+    optim_options = _given(args, recipe, "lr", "encoder_lr", "warmup_ratio")
+    trainer: dict[str, Any] = {"accelerator": "cpu", "enable_progress_bar": False}
+    epochs = args.epochs if args.epochs is not None else recipe.get("epochs")
+    if epochs is not None:
+        trainer["max_epochs"] = epochs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = args.store or f"{tmp}/models"
+        trainer["default_root_dir"] = f"{tmp}/runs"
+        started, cpu_started = time.perf_counter(), time.process_time()
+        result = train(
+            DataConfig("bbc-news", seed=args.seed, **data_options),
+            store=store,
+            name=f"bbc-{args.model}",
+            model=ModelOptions(pretrained="minilm" if args.model == "minilm" else None, **model_options),
+            optim=OptimOptions(**optim_options),
+            trainer=trainer,
+        )
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+
+    metrics = result.metrics
+    print()
+    print(f"model: {args.model}  data: {data_options}  model: {model_options}  optim: {optim_options}")
+    print(f"trainer: {trainer}")
+    for row in metrics["history"]:
+        print(
+            f"  epoch {row['epoch']:>2}  {row['time_s']:6.1f} s  train_loss {row.get('train_loss', 0):.4f}  "
+            f"val_loss {row.get('val_loss', 0):.4f}  val_acc {row.get('val_accuracy', 0):.4f}  "
+            f"val_f1 {row.get('val_macro_f1', 0):.4f}"
+        )
+    print(f"best checkpoint: {metrics['best_checkpoint']}")
+    for split in ("validation", "test"):
+        scores = metrics[split]
+        print(f"{split:>10} accuracy {scores['accuracy']:.4f}  macro-F1 {scores['macro_f1']:.4f}")
+    print(f"training time (Trainer.fit): {metrics['train_time_s']:.1f} s")
+    print(f"wall time (data, tokenizer, fit, evaluation, publishing): {wall:.1f} s")
+    # On a shared machine wall time depends on the neighbours; CPU time (all threads) much less so.
+    print(f"CPU time of the whole run, all threads: {cpu:.1f} s")
+
+
+def _given(args: argparse.Namespace, recipe: dict[str, Any], *names: str) -> dict[str, Any]:
+    values = {name: recipe[name] for name in names if name in recipe}
+    values.update({name: getattr(args, name) for name in names if getattr(args, name) is not None})
+    return values
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+from torchship.cli import main
+from torchship.data.tokenizer import train_tokenizer
+from torchship.models.transformer import TransformerClassifier, TransformerConfig
+from torchship.store import ModelStore, PackageConfig, load_package, write_package
+
+TEXTS = {
+    "sport": [
+        "the team won the match",
+        "a late goal for the league leaders",
+        "the coach praised his players",
+    ],
+    "money": ["shares fell on the market", "the bank raised its profit forecast", "stock prices rose again"],
+}
+
+
+def _write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def labelled_csv(tmp_path: Path) -> Path:
+    return _write_csv(
+        tmp_path / "labelled.csv", [(text, label) for label, texts in TEXTS.items() for text in texts]
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """A store with one randomly initialised package, ``toy`` version 1 (no training needed)."""
+    texts = [text for texts in TEXTS.values() for text in texts]
+    tokenizer: Tokenizer = train_tokenizer(texts * 3, vocab_size=120, max_length=32)
+    torch.manual_seed(0)
+    config = TransformerConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        num_classes=2,
+        d_model=16,
+        n_heads=2,
+        n_layers=1,
+        d_ff=32,
+        max_length=32,
+    )
+    model = TransformerClassifier(config).eval()
+    package = PackageConfig(name="toy", version=1, labels=("money", "sport"), model=config, max_length=32)
+    root = tmp_path / "models"
+    ModelStore(root).publish(
+        "toy",
+        lambda d: write_package(
+            d,
+            config=package,
+            state_dict=model.state_dict(),
+            tokenizer=tokenizer,
+            metrics={"test": {"accuracy": 0.75, "macro_f1": 0.7}},
+        ),
+    )
+    return root
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    status = main(args)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def _assert_user_error(status: int, err: str, *fragments: str) -> None:
+    assert status == 2
+    assert err.startswith("error: ")
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_predict_prints_label_and_probabilities(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    texts = ["shares and stock", "the match"]
+    status, out, _ = _run(["predict", "--model", str(store / "toy"), "--json", *texts], capsys)
+    assert status == 0
+    results = json.loads(out)
+    expected = load_package(store / "toy" / "1").predict_proba(texts)
+    for result, row in zip(results, expected, strict=True):
+        probabilities = torch.tensor([result["probabilities"]["money"], result["probabilities"]["sport"]])
+        torch.testing.assert_close(probabilities, row)
+        assert result["label"] == ("money", "sport")[int(row.argmax())]
+
+    status, out, _ = _run(["predict", "--model", f"{store / 'toy'}:1", *texts], capsys)
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0] == f"{results[0]['label']}\tshares and stock"
+    assert lines[1].split()[0] == results[0]["label"]
+    assert float(lines[1].split()[1]) == pytest.approx(max(results[0]["probabilities"].values()), abs=1e-4)
+
+
+def test_evaluate_prints_scores_of_the_package(
+    store: Path, labelled_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = _run(
+        ["evaluate", "--model", str(store / "toy"), "--data", str(labelled_csv), "--json"], capsys
+    )
+    assert status == 0
+    report = json.loads(out)
+    package = load_package(store / "toy" / "1")
+    texts = [text for texts in TEXTS.values() for text in texts]
+    truth = [label for label, texts in TEXTS.items() for _ in texts]
+    predicted = [package.labels[i] for i in package.predict_proba(texts).argmax(dim=1).tolist()]
+    assert report["examples"] == 6
+    assert report["accuracy"] == pytest.approx(sum(p == t for p, t in zip(predicted, truth, strict=True)) / 6)
+    assert sum(map(sum, report["confusion_matrix"])) == 6
+    assert {label: s["support"] for label, s in report["per_class"].items()} == {"money": 3, "sport": 3}
+
+    status, out, _ = _run(["evaluate", "--model", str(store / "toy"), "--data", str(labelled_csv)], capsys)
+    assert status == 0
+    assert f"accuracy  {report['accuracy']:.4f}" in out
+    assert "money" in out and "sport" in out
+
+
+def test_models_lists_versions_with_test_scores(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = _run(["models", "--store", str(store), "--json"], capsys)
+    assert status == 0
+    [row] = json.loads(out)
+    assert (row["name"], row["version"], row["accuracy"], row["macro_f1"]) == ("toy", 1, 0.75, 0.7)
+    status, out, _ = _run(["models", "--store", str(store)], capsys)
+    assert "0.7500" in out.splitlines()[1]
+
+
+def test_train_with_a_missing_data_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = _run(["train", "--data", str(tmp_path / "nope.csv"), "--name", "x"], capsys)
+    _assert_user_error(status, err, "nope.csv")
+
+
+def test_train_with_a_missing_column(labelled_csv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = _run(
+        ["train", "--data", str(labelled_csv), "--name", "x", "--text_column", "body"], capsys
+    )
+    _assert_user_error(status, err, "body", "labelled.csv")
+
+
+def test_train_with_bad_options(labelled_csv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["train", "--data", str(labelled_csv), "--name", "x"]
+    status, _, err = _run([*base, "--trainer.max_epochz", "3"], capsys)
+    _assert_user_error(status, err, "--trainer.max_epochz")
+    status, _, err = _run([*base, "--trainer.max_epochs", "many"], capsys)
+    _assert_user_error(status, err, "trainer.max_epochs", "many")
+    status, _, err = _run([*base, "--trainer.accelerator", "abacus"], capsys)
+    _assert_user_error(status, err, "abacus")
+    status, _, err = _run([*base, "--model.d_model", "30"], capsys)
+    _assert_user_error(status, err, "model.d_model")
+    status, _, err = _run([*base, "--optim.lr", "-1"], capsys)
+    _assert_user_error(status, err, "optim.lr")
+    status, _, err = _run(["train", "--data", str(labelled_csv)], capsys)
+    _assert_user_error(status, err, "name")
+
+
+def test_predict_and_evaluate_with_an_unknown_model(
+    tmp_path: Path, store: Path, labelled_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, err = _run(["predict", "--model", str(tmp_path / "models" / "nope"), "text"], capsys)
+    _assert_user_error(status, err, "nope")
+    status, _, err = _run(["predict", "--model", f"{store / 'toy'}:7", "text"], capsys)
+    _assert_user_error(status, err, "version 7")
+    status, _, err = _run(["evaluate", "--model", str(tmp_path), "--data", str(labelled_csv)], capsys)
+    _assert_user_error(status, err)
+
+
+def test_evaluate_with_labels_the_model_does_not_know(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_csv(tmp_path / "other.csv", [("a new phone", "tech")])
+    status, _, err = _run(["evaluate", "--model", str(store / "toy"), "--data", str(data)], capsys)
+    _assert_user_error(status, err, "'tech'")
+
+
+def test_help_exits_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = _run(["--help"], capsys)
+    assert status == 0
+    assert "train" in out and "serve" in out
+    status, out, _ = _run(["train", "--help"], capsys)
+    assert status == 0
+    assert "--trainer.accelerator" in out and "--trainer.devices" in out and "--model.d_model" in out
+
+
+@pytest.mark.slow
+def test_train_prints_where_it_published(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [(text, label) for label, texts in TEXTS.items() for text in texts] * 5
+    data = _write_csv(tmp_path / "train.csv", rows)
+    args = [
+        "train", "--data", str(data), "--store", str(tmp_path / "models"), "--name", "tiny",
+        "--vocab_size", "120", "--max_length", "32", "--batch_size", "8",
+        "--model.d_model", "16", "--model.n_heads", "2", "--model.n_layers", "1", "--model.d_ff", "32",
+        "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    status, out, _ = _run(args, capsys)
+    assert status == 0
+    assert f"published tiny version 1 at {tmp_path / 'models' / 'tiny' / '1'}" in out
+    assert "test: accuracy" in out
+    status, _, err = _run([*args, "--version", "1"], capsys)
+    _assert_user_error(status, err, "version 1")
+
+
+def test_serve_command_never_imports_lightning() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from torchship.cli import build_parser; "
+        "build_parser(only='serve').parse_args(['serve', '--store', 'x']); "
+        "print('lightning' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
