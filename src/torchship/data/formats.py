@@ -131,7 +131,7 @@ def _column_index(path: Path, header: list[str], column: str) -> int:
     except ValueError:
         raise DataError(
             f"{path}: has no column {column!r}; columns are: {', '.join(map(repr, header))} "
-            "(choose them with --data.text_column / --data.label_column)"
+            "(choose them with --text_column / --label_column)"
         ) from None
 
 
@@ -181,7 +181,7 @@ def _read_parquet(path: Path, text_column: str, label_column: str) -> list[Examp
             if column not in columns:
                 raise DataError(
                     f"{path}: has no column {column!r}; columns are: {', '.join(map(repr, columns))} "
-                    "(choose them with --data.text_column / --data.label_column)"
+                    "(choose them with --text_column / --label_column)"
                 )
         table = pq.read_table(path, columns=[text_column, label_column])
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError, ArrowIOError an OSError
