@@ -143,7 +143,8 @@ def _package(model: str | None, work: Path) -> Path:
     if model is None and Path("models/bbc").is_dir():
         model = "models/bbc"  # the demo model, where the README's commands put it
     if model is not None:
-        return resolve_model(model)
+        # Absolute: the peers run in subprocesses with their own working directories.
+        return resolve_model(model).resolve()
     print("no ./models/bbc: building an untrained demo-shaped package (throughput does not need training)")
     return make_benchmark_package(work / "models")
 
