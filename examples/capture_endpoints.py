@@ -201,9 +201,9 @@ def main() -> None:
             shutil.copytree(args.store, store, ignore=shutil.ignore_patterns(".serve-snapshot.json"))
         else:
             sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-            from serve_model import build_stand_in
+            from peers.package import make_benchmark_package
 
-            first = build_stand_in(store, args.model)
+            first = make_benchmark_package(store, name=args.model)
             ModelStore(store).publish(args.model, lambda tmp: _copy(first, tmp))
         settings = ServerSettings(
             inference_port=0, management_port=0, metrics_port=0, store=store, use_snapshot=False

@@ -35,7 +35,9 @@ def benchmark_texts(max_words: int | None = None, seed: int = 0) -> list[str]:
     return texts
 
 
-def make_benchmark_package(root: Path, *, max_length: int = 512, seed: int = 0) -> Path:
+def make_benchmark_package(
+    root: Path, *, name: str = BENCHMARK_MODEL_NAME, max_length: int = 512, seed: int = 0
+) -> Path:
     """Publish the benchmark package into the model store at ``root`` and return its directory.
 
     Reuses the latest published version when the store already holds one, so repeated runs skip the
@@ -49,8 +51,8 @@ def make_benchmark_package(root: Path, *, max_length: int = 512, seed: int = 0) 
     from torchship.store import ModelStore, PackageConfig, write_package
 
     store = ModelStore(root)
-    if store.latest(BENCHMARK_MODEL_NAME) is not None:
-        return store.path(BENCHMARK_MODEL_NAME)
+    if store.latest(name) is not None:
+        return store.path(name)
     examples = read_examples("bbc-news")
     labels = tuple(sorted({example.label for example in examples}))
     tokenizer = train_tokenizer((e.text for e in examples), vocab_size=16000, max_length=max_length)
@@ -66,7 +68,7 @@ def make_benchmark_package(root: Path, *, max_length: int = 512, seed: int = 0) 
     torch.manual_seed(seed)
     model = TransformerClassifier(config)
     package_config = PackageConfig(
-        name=BENCHMARK_MODEL_NAME,
+        name=name,
         version=1,
         labels=labels,
         model=config,
@@ -74,9 +76,9 @@ def make_benchmark_package(root: Path, *, max_length: int = 512, seed: int = 0) 
         training={"note": "untrained weights, for server benchmarks only"},
     )
     version = store.publish(
-        BENCHMARK_MODEL_NAME,
+        name,
         lambda directory: write_package(
             directory, config=package_config, state_dict=model.state_dict(), tokenizer=tokenizer
         ),
     )
-    return store.path(BENCHMARK_MODEL_NAME, version)
+    return store.path(name, version)
