@@ -243,7 +243,7 @@ def _report(config: str, rounds: list[Round]) -> None:
         same = statistics.median((r.server.p50 - r.bare[1]) * 1000 for r in ones)
         paced = statistics.median((r.server.p50 - r.paced) * 1000 for r in ones)
         print(
-            f"  for information: vs the bare model on 1 thread (the worker's) {same:.2f} ms; vs 1 thread "
+            f"  for information: vs the bare model on 1 thread {same:.2f} ms; vs 1 thread "
             f"called {PACE * 1000:g} ms apart {paced:.2f} ms (bare paced p50 "
             f"{statistics.median(r.paced for r in ones) * 1000:.2f} ms)"
         )
