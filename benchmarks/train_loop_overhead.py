@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from torchship.data.datamodule import DataConfig, TextClassificationDataModule
-from torchship.models.transformer import TransformerClassifier, TransformerConfig
+from torchship.models.transformer import TransformerClassifier
 from torchship.training.metrics import ClassificationMetrics
 from torchship.training.module import TextClassifierModule, lr_factor, parameter_groups
 from torchship.training.options import ModelOptions, OptimOptions
-from torchship.training.run import TRAINER_DEFAULTS, make_trainer
+from torchship.training.run import TRAINER_DEFAULTS, make_trainer, scratch_classifier
 
 
 def main() -> None:
@@ -49,17 +49,6 @@ def main() -> None:
     datamodule = TextClassificationDataModule(DataConfig("bbc-news", max_length=args.max_length))
     datamodule.setup("fit")
     model_options, optim = ModelOptions(), OptimOptions()
-    config = TransformerConfig(
-        vocab_size=datamodule.tokenizer.get_vocab_size(),
-        num_classes=datamodule.num_classes,
-        d_model=model_options.d_model,
-        n_heads=model_options.n_heads,
-        n_layers=model_options.n_layers,
-        d_ff=model_options.d_ff,
-        dropout=model_options.dropout,
-        max_length=args.max_length,
-        pad_id=datamodule.pad_id,
-    )
     epoch = len(datamodule.train_dataloader())
     steps = min(args.steps, epoch) if args.steps else epoch
     print(
@@ -69,10 +58,7 @@ def main() -> None:
 
     def fresh_model() -> TransformerClassifier:
         torch.manual_seed(0)
-        model = TransformerClassifier(config)
-        for layer in model.encoder.layers:
-            layer.self_attn.dropout = model_options.attention_dropout  # as torchship.training.run does
-        return model
+        return scratch_classifier(datamodule, model_options)  # as torchship.training.run builds it
 
     progress_bar = not args.no_progress_bar
     sides: dict[str, Callable[[int], None]] = {

@@ -51,7 +51,16 @@ from torchship.training.report import (
     model_card,
 )
 
-__all__ = ["TRAINER_DEFAULTS", "Monitor", "RunTrainer", "TrainResult", "evaluate", "make_trainer", "train"]
+__all__ = [
+    "TRAINER_DEFAULTS",
+    "Monitor",
+    "RunTrainer",
+    "TrainResult",
+    "evaluate",
+    "make_trainer",
+    "scratch_classifier",
+    "train",
+]
 
 Monitor = Literal["val_macro_f1", "val_accuracy", "val_loss"]
 
@@ -248,19 +257,7 @@ def _build(
 ) -> tuple[TextClassificationDataModule, TransformerClassifier]:
     if options.pretrained is None:
         datamodule = TextClassificationDataModule(data)
-        config = TransformerConfig(
-            vocab_size=datamodule.tokenizer.get_vocab_size(),
-            num_classes=datamodule.num_classes,
-            d_model=options.d_model,
-            n_heads=options.n_heads,
-            n_layers=options.n_layers,
-            d_ff=options.d_ff,
-            dropout=options.dropout,
-            max_length=data.max_length,
-            pooling=options.pooling,
-            pad_id=datamodule.pad_id,
-        )
-        return datamodule, _with_attention_dropout(TransformerClassifier(config), options.attention_dropout)
+        return datamodule, scratch_classifier(datamodule, options)
     from torchship.models.pretrained import load_pretrained, minilm_path
 
     directory = minilm_path() if options.pretrained == "minilm" else Path(options.pretrained)
@@ -276,6 +273,26 @@ def _build(
         max_length=data.max_length,
     )
     return datamodule, _with_attention_dropout(network, options.attention_dropout)
+
+
+def scratch_classifier(
+    datamodule: TextClassificationDataModule, options: ModelOptions
+) -> TransformerClassifier:
+    """A fresh from-scratch classifier shaped by ``options`` for ``datamodule``'s tokenizer and labels,
+    exactly as :func:`train` builds it (torch's current seed decides the initial weights)."""
+    config = TransformerConfig(
+        vocab_size=datamodule.tokenizer.get_vocab_size(),
+        num_classes=datamodule.num_classes,
+        d_model=options.d_model,
+        n_heads=options.n_heads,
+        n_layers=options.n_layers,
+        d_ff=options.d_ff,
+        dropout=options.dropout,
+        max_length=datamodule.config.max_length,
+        pooling=options.pooling,
+        pad_id=datamodule.pad_id,
+    )
+    return _with_attention_dropout(TransformerClassifier(config), options.attention_dropout)
 
 
 def _with_attention_dropout(network: TransformerClassifier, probability: float) -> TransformerClassifier:
