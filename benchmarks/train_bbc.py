@@ -2,6 +2,7 @@
 
     python benchmarks/train_bbc.py                  # from-scratch TransformerClassifier, torchship's defaults
     python benchmarks/train_bbc.py --model minilm   # fine-tune all-MiniLM-L6-v2 (pip install 'torchship[hf]')
+    python benchmarks/train_bbc.py --seeds 42,1,2,3,4   # five training seeds on the split of --seed 42
 
 The split is the seeded, stratified 80/10/10 split of ``torchship train --data bbc-news``; the package is
 published into a temporary store (or ``--store``). Targets on a 2-core CPU: from scratch >= 97% test
@@ -42,6 +43,7 @@ split (``benchmarks/baseline_tfidf.py``), so the corpus's usual "~99%" is not th
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from typing import Any
@@ -57,11 +59,14 @@ MINILM: dict[str, Any] = {"max_length": 256, "lr": 1e-3, "encoder_lr": 5e-5, "ep
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=["scratch", "minilm"], default="scratch")
+    parser.add_argument("--pretrained", default=None, help="with --model minilm: another BERT directory")
     parser.add_argument("--store", default=None, help="publish here instead of a temporary store")
     parser.add_argument("--epochs", type=int, default=None, help="default: torchship's (scratch) or 3")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--encoder_lr", type=float, default=None)
     parser.add_argument("--warmup_ratio", type=float, default=None)
+    parser.add_argument("--weight_decay", type=float, default=None)
+    parser.add_argument("--label_smoothing", type=float, default=None)
     parser.add_argument("--max_length", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--vocab_size", type=int, default=None)
@@ -71,27 +76,58 @@ def main() -> None:
     parser.add_argument("--d_ff", type=int, default=None)
     parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--pooling", choices=["mean", "cls"], default=None)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=42, help="seed of the split and of the training")
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated training seeds, one run each on the split of --seed (e.g. 42,1,2,3,4)",
+    )
+    parser.add_argument("--accelerator", default="cpu", help="Lightning's accelerator: cpu, gpu, auto")
+    parser.add_argument("--precision", default=None, help="Lightning's precision, e.g. bf16-mixed")
     args = parser.parse_args()
 
+    seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [args.seed]
+    runs = [_run(args, seed) for seed in seeds]
+    if len(runs) > 1:
+        print(f"\n{len(runs)} training seeds on the split of seed {args.seed}:")
+        for seed, (metrics, wall, _) in zip(seeds, runs, strict=True):
+            print(
+                f"  seed {seed:>4}  test accuracy {metrics['test']['accuracy']:.4f}  macro-F1 "
+                f"{metrics['test']['macro_f1']:.4f}  val {metrics['validation']['accuracy']:.4f}  "
+                f"fit {metrics['train_time_s']:.1f} s  wall {wall:.1f} s"
+            )
+        for key in ("accuracy", "macro_f1"):
+            values = [metrics["test"][key] for metrics, _, _ in runs]
+            print(
+                f"  test {key}: mean {statistics.mean(values):.4f}  min {min(values):.4f}  "
+                f"max {max(values):.4f}  stdev {statistics.stdev(values):.4f}"
+            )
+
+
+def _run(args: argparse.Namespace, seed: int) -> tuple[dict[str, Any], float, float]:
     recipe = MINILM if args.model == "minilm" else {}
     data_options = _given(args, recipe, "max_length", "batch_size", "vocab_size")
     model_options = _given(args, {}, "d_model", "n_heads", "n_layers", "d_ff", "dropout", "pooling")
-    optim_options = _given(args, recipe, "lr", "encoder_lr", "warmup_ratio")
-    trainer: dict[str, Any] = {"accelerator": "cpu", "enable_progress_bar": False}
+    optim_options = _given(
+        args, recipe, "lr", "encoder_lr", "warmup_ratio", "weight_decay", "label_smoothing"
+    )
+    trainer: dict[str, Any] = {"accelerator": args.accelerator, "enable_progress_bar": False}
+    if args.precision is not None:
+        trainer["precision"] = args.precision
     epochs = args.epochs if args.epochs is not None else recipe.get("epochs")
     if epochs is not None:
         trainer["max_epochs"] = epochs
+    pretrained = (args.pretrained or "minilm") if args.model == "minilm" else None
 
     with tempfile.TemporaryDirectory() as tmp:
         store = args.store or f"{tmp}/models"
         trainer["default_root_dir"] = f"{tmp}/runs"
         started, cpu_started = time.perf_counter(), time.process_time()
         result = train(
-            DataConfig("bbc-news", seed=args.seed, **data_options),
+            DataConfig("bbc-news", seed=seed, split_seed=args.seed, **data_options),
             store=store,
             name=f"bbc-{args.model}",
-            model=ModelOptions(pretrained="minilm" if args.model == "minilm" else None, **model_options),
+            model=ModelOptions(pretrained=pretrained, **model_options),
             optim=OptimOptions(**optim_options),
             trainer=trainer,
         )
@@ -99,8 +135,8 @@ def main() -> None:
 
     metrics = result.metrics
     print()
-    print(f"model: {args.model}  data: {data_options}  model: {model_options}  optim: {optim_options}")
-    print(f"trainer: {trainer}")
+    print(f"model: {args.model}  seed: {seed} (split: {args.seed})  data: {data_options}")
+    print(f"model: {model_options}  optim: {optim_options}  trainer: {trainer}")
     for row in metrics["history"]:
         print(
             f"  epoch {row['epoch']:>2}  {row['time_s']:6.1f} s  train_loss {row.get('train_loss', 0):.4f}  "
@@ -114,7 +150,8 @@ def main() -> None:
     print(f"training time (Trainer.fit): {metrics['train_time_s']:.1f} s")
     print(f"wall time (data, tokenizer, fit, evaluation, publishing): {wall:.1f} s")
     # On a shared machine wall time depends on the neighbours; CPU time (all threads) much less so.
-    print(f"CPU time of the whole run, all threads: {cpu:.1f} s")
+    print(f"CPU time of the whole run, all threads: {cpu:.1f} s", flush=True)
+    return metrics, wall, cpu
 
 
 def _given(args: argparse.Namespace, recipe: dict[str, Any], *names: str) -> dict[str, Any]:

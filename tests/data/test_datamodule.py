@@ -110,6 +110,16 @@ def test_same_seed_same_batches(data_file: str, datamodule: TextClassificationDa
         torch.testing.assert_close(ours, theirs)
 
 
+def test_split_seed_fixes_the_split_while_seed_changes_the_batches(data_file: str) -> None:
+    base = TextClassificationDataModule(config(data_file, seed=1))
+    same_split = TextClassificationDataModule(config(data_file, seed=2, split_seed=1))
+    other_split = TextClassificationDataModule(config(data_file, seed=2))
+    assert (same_split.train, same_split.val, same_split.test) == (base.train, base.val, base.test)
+    assert other_split.test != base.test
+    first = [batch["labels"].tolist() for batch in base.train_dataloader()]
+    assert [batch["labels"].tolist() for batch in same_split.train_dataloader()] != first
+
+
 def test_token_ids_are_cached(datamodule: TextClassificationDataModule) -> None:
     datamodule.setup("fit")
     assert datamodule.dataset("train") is datamodule.dataset("train")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from conftest import publish_classifier, running, settings, wait_ready, wait_until
 
 from torchship.serving import Server
@@ -58,7 +59,11 @@ def test_list_models_pages_like_torchserve(manage: httpx.Client) -> None:
 def test_describe_model_version_and_all(manage: httpx.Client) -> None:
     [default] = manage.get("/models/news").json()
     assert (default["modelName"], default["modelVersion"], default["isDefault"]) == ("news", "2", True)
-    assert default["workers"][0]["status"] == "READY"
+    [worker] = default["workers"]
+    assert worker["status"] == "READY"
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"  # the default device is auto
+    assert (worker["device"], worker["gpu"]) == (device, device != "cpu")
+    assert worker["gpuUsage"] == ("gpuId::0" if device != "cpu" else "N/A")
     assert default["jobQueueStatus"] == {"remainingCapacity": 512, "pendingRequests": 0}
     assert [d["modelVersion"] for d in manage.get("/models/news/all").json()] == ["1", "2"]
     assert manage.get("/models/news/1").json()[0]["isDefault"] is False

@@ -50,7 +50,9 @@ class DataConfig:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     """Train, validation and test fractions of ``data``, stratified by class."""
     seed: int = 42
-    """Seed of the split and of the training batch order."""
+    """Seed of the split (unless ``split_seed`` is given), the initial weights and the batch order."""
+    split_seed: int | None = None
+    """Seed of the split alone: vary ``seed`` with this fixed to train again on the same split."""
     tokenizer: Literal["wordpiece", "bpe"] = "wordpiece"
     """Subword model trained on the training split when no tokenizer is given."""
     vocab_size: int = 16000
@@ -196,7 +198,9 @@ def _read_splits(config: DataConfig) -> tuple[list[Example], list[Example], list
         test: Sequence[Example] = []
     else:
         train, val, test = stratified_split(
-            examples, (train_fraction, val_fraction, test_fraction), config.seed
+            examples,
+            (train_fraction, val_fraction, test_fraction),
+            config.seed if config.split_seed is None else config.split_seed,
         )
     if config.val_data is not None:
         val = read_examples(config.val_data, **columns)

@@ -11,6 +11,11 @@ Two handler shapes work:
 * the classic tutorial shape — ``inference(payloads)`` calls ``self.preprocess`` and ``self.postprocess``
   itself, and the server calls only ``inference``.
 
+Devices: each worker runs on ``self.device`` (the ``device`` setting: a GPU when torch sees one, else the
+CPU). The default ``load`` puts the model there, and whatever ``preprocess`` returns is moved there too
+(tensors, also inside lists, tuples and dicts), the way Lightning moves batches, so both shapes run as
+written on a GPU.
+
 The rule that tells them apart is deterministic: if the class's ``inference`` mentions ``preprocess`` or
 ``postprocess`` by name (``inference.__code__.co_names``), the server calls only ``inference``. Set the
 class attribute ``inference_calls_steps = True/False`` to decide explicitly.
@@ -28,13 +33,16 @@ class attribute ``inference_calls_steps = True/False`` to decide explicitly.
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from torchship.errors import ConfigError, TorchshipError
+from torchship.serving.devices import resolve_device
 from torchship.serving.errors import HandlerError
 from torchship.serving.model_files import load_model_file
 from torchship.serving.settings import ModelSettings
@@ -59,12 +67,18 @@ class ModelAPI:
 
     ``ModelAPI(model_path=..., name=..., **settings)``: ``settings`` are :class:`ModelSettings` fields
     (``batch_size``, ``max_batch_delay``, ``workers``, ``job_queue_size``, ``response_timeout``,
-    ``torch_threads``), checked here so a typo fails at once and not in a worker.
+    ``torch_threads``, ``device``), checked here so a typo fails at once and not in a worker.
     """
 
     inference_calls_steps: ClassVar[bool | None] = None
     """None: decide from the code of ``inference``; True: the server calls only ``inference``; False: the
     server calls ``preprocess``, ``inference`` and ``postprocess`` in turn."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("preprocess")
+        if callable(own):  # see the module docstring: what preprocess returns goes to self.device
+            cls.preprocess = _returns_on_device(own)  # type: ignore[method-assign,assignment]
 
     def __init__(
         self, model_path: str | os.PathLike[str] | None = None, *, name: str | None = None, **settings: Any
@@ -73,9 +87,12 @@ class ModelAPI:
         self.name = name or _default_name(self.model_path, type(self))
         self.settings = ModelSettings.from_dict(settings)
         self.model: Any = None
+        self.device: Any = None
+        """The ``torch.device`` this worker runs on (from the ``device`` setting), set before ``load``."""
 
     def setup(self) -> None:
-        """Load the model; called once in each worker process before its first batch."""
+        """Pick the device and load the model; called once in each worker process before its first batch
+        (the worker has set ``self.device`` by then; called elsewhere, the setting's first device)."""
         self.model = self.load(self.model_path)
 
     def load(self, model_path: Path | None) -> Any:
@@ -84,18 +101,26 @@ class ModelAPI:
         if model_path is None:
             raise ConfigError(f"{type(self).__name__} has no model_path; pass one or override load()")
         loaded = load_model_file(model_path)
+        device = self.resolved_device()
         if hasattr(loaded, "tokenizer") and hasattr(loaded, "config"):  # a torchship ModelPackage
             self.package = loaded
             self.tokenizer = loaded.tokenizer
-            return loaded.model
-        return loaded
+            return loaded.model.to(device)
+        return loaded.to(device) if device.type != "cpu" else loaded  # loaded on the CPU already
+
+    def resolved_device(self) -> Any:
+        """``self.device``, resolved from the ``device`` setting first if no worker has set it."""
+        if self.device is None:
+            self.device = resolve_device(self.settings.device)
+        return self.device
 
     def preprocess(self, data: list[Any]) -> Any:
-        """Turn the batch of payloads into the model's input. Default: JSON arrays → one float tensor."""
+        """Turn the batch of payloads into the model's input. Default: JSON arrays → one float tensor on
+        ``self.device``. An override that builds tensors must put them there too (``.to(self.device)``)."""
         import torch
 
         if data and all(isinstance(item, list | int | float) for item in data):
-            return torch.as_tensor(data, dtype=torch.float32)
+            return torch.as_tensor(data, dtype=torch.float32, device=self.device)
         return data
 
     def inference(self, data: Any) -> Any:
@@ -161,10 +186,42 @@ class ModelAPI:
         except TorchshipError:
             raise
         except Exception as exc:
-            raise HandlerError(f"{type(self).__name__}.{step} raised {type(exc).__name__}: {exc}") from exc
+            hint = ""
+            if "same device" in str(exc):  # torch's "Expected all tensors to be on the same device, ..."
+                hint = (
+                    f"; this worker runs on {self.device}: move the inputs there in preprocess "
+                    "(tensor.to(self.device)), or serve with device cpu"
+                )
+            raise HandlerError(
+                f"{type(self).__name__}.{step} raised {type(exc).__name__}: {exc}{hint}"
+            ) from exc
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_path={str(self.model_path)!r}, name={self.name!r})"
+
+
+def _returns_on_device(preprocess: Callable[[ModelAPI, Any], Any]) -> Callable[[ModelAPI, Any], Any]:
+    @functools.wraps(preprocess)
+    def wrapper(self: ModelAPI, data: Any) -> Any:
+        result = preprocess(self, data)
+        device = self.device
+        return result if device is None or device.type == "cpu" else _to_device(result, device)
+
+    return wrapper
+
+
+def _to_device(data: Any, device: Any) -> Any:
+    """Tensors in ``data`` (also inside lists, tuples and dicts) on ``device``; everything else as is."""
+    import torch
+
+    if isinstance(data, torch.Tensor):
+        return data.to(device, non_blocking=True)
+    if isinstance(data, list | tuple):
+        items = [_to_device(item, device) for item in data]
+        return type(data)(*items) if hasattr(data, "_fields") else type(data)(items)  # NamedTuples too
+    if isinstance(data, dict):
+        return {key: _to_device(value, device) for key, value in data.items()}
+    return data
 
 
 def _calls_steps_itself(cls: type[ModelAPI]) -> bool:

@@ -3,6 +3,7 @@
 torchship serve --store ./models                         every model and version in the store
 torchship serve --model ./models/bbc:2 --workers 2       one package, two worker processes
 torchship serve --store ./models --inference_port 0      any free port (printed)
+torchship serve --store ./models --device cuda           workers round-robin over the GPUs
 """
 
 from __future__ import annotations
@@ -66,6 +67,13 @@ def add_serve_arguments(parser: ArgumentParser) -> None:
         help="torch threads per worker (default: the cores split between the workers)",
     )
     parser.add_argument(
+        "--device",
+        type=str,
+        default=_DEFAULTS.device,
+        help="auto (a GPU if torch sees one, else the CPU), cpu, cuda (workers round-robin over the GPUs), "
+        "cuda:N, mps",
+    )
+    parser.add_argument(
         "--max_request_size",
         type=int,
         default=DEFAULT_MAX_REQUEST_SIZE,
@@ -111,6 +119,7 @@ def run_serve(cfg: Namespace) -> int:
         job_queue_size=cfg.job_queue_size,
         response_timeout=cfg.response_timeout,
         torch_threads=cfg.torch_threads,
+        device=cfg.device,
     )
     settings = ServerSettings(
         host=cfg.host,

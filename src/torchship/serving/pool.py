@@ -114,10 +114,12 @@ class WorkerPool:
 
     def _spawn(self) -> None:
         threads = self.api.settings.torch_threads or default_torch_threads(max(1, self.target))
+        taken = {w.slot for w in self._live()}
         worker = WorkerProcess(
             self.api,
             version=self.version,
             torch_threads=threads,
+            slot=next(slot for slot in range(len(taken) + 1) if slot not in taken),
             on_message=self._on_message,
             on_exit=self._on_exit,
         )
@@ -130,6 +132,7 @@ class WorkerPool:
         elif kind == "ready" and worker.state is WorkerState.STARTING:  # not when asked to stop meanwhile
             worker.state = WorkerState.READY
             worker.ready_at = self._loop.time()
+            worker.device = str(message[2]) if len(message) > 2 else None
             self.load_error, self._restart_delay = None, 1.0
             self.idle.append(worker)
             if self.serving >= self.target:

@@ -16,6 +16,7 @@ from typing import Any
 
 from torchship.errors import ConfigError, NotFoundError
 from torchship.serving.api import ModelAPI
+from torchship.serving.devices import resolve_device
 from torchship.serving.handlers import BUILTIN_HANDLERS
 from torchship.serving.metrics import Metrics
 from torchship.serving.protocols.params import parse_bool, parse_float, parse_int
@@ -42,6 +43,9 @@ class Server:
     def __init__(
         self, settings: ServerSettings, *, apis: Sequence[ModelAPI] = (), packages: Sequence[Path] = ()
     ) -> None:
+        for device in {settings.model_defaults.device, *(api.settings.device for api in apis)}:
+            if device not in ("auto", "cpu"):
+                resolve_device(device)  # a GPU asked for on a machine without one fails here, not per worker
         self.settings = settings
         self.metrics = Metrics()
         self.registry = Registry(self.metrics)

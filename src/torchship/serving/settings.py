@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,10 @@ class ModelSettings:
     is answered 504. A worker whose batch runs past it is killed and replaced."""
     torch_threads: int | None = None
     """``torch.set_num_threads`` in each worker; None picks :func:`default_torch_threads`."""
+    device: str = "auto"
+    """Where each worker runs the model: ``auto`` (a GPU when torch sees one, else the CPU), ``cpu``,
+    ``cuda`` (workers spread round-robin over the visible GPUs, as TorchServe does), ``cuda:N`` (that GPU),
+    ``mps``. ``gpu`` is read as ``cuda``. The handler finds it as ``self.device``."""
 
     def __post_init__(self) -> None:
         _check_int("batch_size", self.batch_size, minimum=1)
@@ -56,6 +61,7 @@ class ModelSettings:
             _check_int("max_workers", self.max_workers, minimum=self.workers)
         if self.torch_threads is not None:
             _check_int("torch_threads", self.torch_threads, minimum=1)
+        object.__setattr__(self, "device", _check_device(self.device))
         object.__setattr__(self, "max_batch_delay", float(self.max_batch_delay))
         object.__setattr__(self, "response_timeout", float(self.response_timeout))
 
@@ -140,6 +146,17 @@ def default_torch_threads(workers: int) -> int:
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, (cores - 1) // max(1, workers))
+
+
+_DEVICE = re.compile(r"(auto|cpu|mps|(cuda|gpu)(:\d+)?)")
+
+
+def _check_device(value: object) -> str:
+    """The device spelled the way torch spells it (``gpu`` → ``cuda``, case and spaces ignored)."""
+    device = value.strip().lower() if isinstance(value, str) else ""
+    if not _DEVICE.fullmatch(device):
+        raise ConfigError(f"device: expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
+    return "cuda" + device[3:] if device.startswith("gpu") else device
 
 
 def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:

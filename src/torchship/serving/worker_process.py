@@ -3,7 +3,7 @@
 Messages are tuples of plain values (never pickled exception objects):
 
     server → worker   ("run", batch_id, [(content_type, body), ...])   or   ("stop",)
-    worker → server   ("ready", pid)
+    worker → server   ("ready", pid, device)                            device as str, e.g. "cuda:0"
                       ("failed", error_type, message)                   loading failed; the worker exits
                       ("done", batch_id, seconds, [(status, content_type, body, error_type), ...])
 
@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 
 from torchship.errors import TorchshipError
 from torchship.serving.api import ModelAPI
+from torchship.serving.devices import resolve_device
 from torchship.serving.execution import run_batch
 
 __all__ = ["worker_main"]
@@ -31,19 +32,21 @@ __all__ = ["worker_main"]
 logger = logging.getLogger("torchship.serving.worker")
 
 
-def worker_main(api: ModelAPI, conn: Connection, torch_threads: int) -> None:
-    """Entry point of a worker process (the target given to ``multiprocessing``'s spawn context)."""
+def worker_main(api: ModelAPI, conn: Connection, torch_threads: int, slot: int = 0) -> None:
+    """Entry point of a worker process (the target given to ``multiprocessing``'s spawn context).
+    ``slot`` numbers the version's workers from 0; it picks the GPU under ``device`` auto or cuda."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     _limit_threads(torch_threads)
     try:
+        api.device = resolve_device(api.settings.device, slot)
         api.setup()
     except BaseException as exc:  # a model that cannot load must not take the server down
         logger.error("%r failed to load", api, exc_info=exc)
         kind = exc.type if isinstance(exc, TorchshipError) else "InternalServerException"
         conn.send(("failed", kind, f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", os.getpid()))
+    conn.send(("ready", os.getpid(), str(api.device)))
     while True:
         try:
             message = conn.recv()

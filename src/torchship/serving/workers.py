@@ -59,6 +59,7 @@ class WorkerProcess:
         *,
         version: str,
         torch_threads: int,
+        slot: int = 0,
         on_message: Callable[[WorkerProcess, tuple[Any, ...]], None],
         on_exit: Callable[[WorkerProcess], None],
     ) -> None:
@@ -68,13 +69,15 @@ class WorkerProcess:
         self.batch_id: int | None = None
         self.ready_at: float | None = None  # loop time of its "ready" message; None while loading
         self.timed_out = False
+        self.slot = slot  # numbers the version's live workers from 0; picks its GPU (see devices.py)
+        self.device: str | None = None  # what the worker reported once loaded, e.g. "cpu" or "cuda:0"
         self._on_message = on_message
         self._on_exit = on_exit
         self._loop = asyncio.get_running_loop()
         self._conn, child_conn = _SPAWN.Pipe(duplex=True)
         self._process = _SPAWN.Process(
             target=worker_main,
-            args=(api, child_conn, torch_threads),
+            args=(api, child_conn, torch_threads, slot),
             name=f"{WORKER_PROCESS_PREFIX}-{api.name}-{version}-{self.id}",
             daemon=True,
         )

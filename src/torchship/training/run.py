@@ -391,6 +391,7 @@ def _provenance(
                 "test": len(datamodule.test),
             },
             "seed": data.seed,
+            "split_seed": data.seed if data.split_seed is None else data.split_seed,
             "tokenizer": data.tokenizer if model.pretrained is None else "pretrained",
             "vocab_size": datamodule.tokenizer.get_vocab_size(),
             "lowercase": data.lowercase,

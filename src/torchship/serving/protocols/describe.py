@@ -54,8 +54,7 @@ def describe(served: ServedVersion, is_default: bool) -> dict[str, Any]:
                 "status": "UNLOADING" if worker.state is WorkerState.STOPPING else worker.state.value,
                 "memoryUsage": worker.memory_usage(),
                 "pid": worker.pid,
-                "gpu": False,
-                "gpuUsage": "N/A",
+                **_device_fields(worker.device),
             }
             for worker in served.workers()
         ],
@@ -67,6 +66,13 @@ def describe(served: ServedVersion, is_default: bool) -> dict[str, Any]:
     if served.load_error:
         body["loadError"] = served.load_error
     return body
+
+
+def _device_fields(device: str | None) -> dict[str, Any]:
+    """TorchServe's ``gpu`` and ``gpuUsage`` (``gpuId::N``), plus the device itself (None while loading)."""
+    gpu = device is not None and device.startswith("cuda")
+    usage = f"gpuId::{device.partition(':')[2] or 0}" if device is not None and gpu else "N/A"
+    return {"gpu": gpu, "gpuUsage": usage, "device": device}
 
 
 def _iso(timestamp: float) -> str:
