@@ -91,8 +91,8 @@ class ModelAPI:
         """The ``torch.device`` this worker runs on (from the ``device`` setting), set before ``load``."""
 
     def setup(self) -> None:
-        """Pick the device and load the model; called once in each worker process before its first batch
-        (the worker has set ``self.device`` by then; called elsewhere, the setting's first device)."""
+        """Load the model; called once in each worker process before its first batch, once the worker has
+        set ``self.device`` (called elsewhere, ``load`` resolves the ``device`` setting itself)."""
         self.model = self.load(self.model_path)
 
     def load(self, model_path: Path | None) -> Any:
@@ -116,7 +116,7 @@ class ModelAPI:
 
     def preprocess(self, data: list[Any]) -> Any:
         """Turn the batch of payloads into the model's input. Default: JSON arrays → one float tensor on
-        ``self.device``. An override that builds tensors must put them there too (``.to(self.device)``)."""
+        ``self.device``. The tensors an override returns are moved to ``self.device`` for it."""
         import torch
 
         if data and all(isinstance(item, list | int | float) for item in data):
@@ -211,17 +211,18 @@ def _returns_on_device(preprocess: Callable[[ModelAPI, Any], Any]) -> Callable[[
 
 
 def _to_device(data: Any, device: Any) -> Any:
-    """Tensors in ``data`` (also inside lists, tuples and dicts) on ``device``; everything else as is."""
+    """Tensors in ``data`` (also inside lists, tuples, NamedTuples and dicts) on ``device``."""
     import torch
 
     if isinstance(data, torch.Tensor):
         return data.to(device, non_blocking=True)
-    if isinstance(data, list | tuple):
-        items = [_to_device(item, device) for item in data]
-        return type(data)(*items) if hasattr(data, "_fields") else type(data)(items)  # NamedTuples too
-    if isinstance(data, dict):
+    if type(data) in (list, tuple):
+        return type(data)(_to_device(item, device) for item in data)
+    if isinstance(data, tuple) and hasattr(data, "_fields"):  # a NamedTuple keeps its type
+        return type(data)(*(_to_device(item, device) for item in data))
+    if type(data) is dict:
         return {key: _to_device(value, device) for key, value in data.items()}
-    return data
+    return data  # anything else, other containers included, as the handler made it
 
 
 def _calls_steps_itself(cls: type[ModelAPI]) -> bool:

@@ -141,8 +141,9 @@ def default_torch_threads(workers: int) -> int:
     Measured with ``benchmarks/serve.py`` on the 2-core machine (16-token texts, concurrency 64, wrk on the
     same cores): 1 worker x 2 threads collapsed to ~130 req/s (OpenMP threads spin against the HTTP
     process and the load generator), 1 x 1 served 1,600-2,100 req/s. 2 workers x 1 thread served 5-38%
-    more than 1 x 1 in 3 of 4 runs, and less in one; it is one ``--workers 2`` away, not the default,
-    because every version of every model in a store gets the default number of processes.
+    more than 1 x 1 in 4 of 5 runs, and less in one (2026-12-04: 3,843-4,279 against 3,131-3,477 req/s);
+    it is one ``--workers 2`` away, not the default, because every version of every model in a store gets
+    the default number of processes.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, (cores - 1) // max(1, workers))
