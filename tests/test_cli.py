@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import lightning  # noqa: F401  (see below)
 import pytest
 import torch
 from tokenizers import Tokenizer
@@ -12,6 +13,9 @@ from torchship.cli import main
 from torchship.data.tokenizer import train_tokenizer
 from torchship.models.transformer import TransformerClassifier, TransformerConfig
 from torchship.store import ModelStore, PackageConfig, load_package, write_package
+
+# Lightning adds a handler bound to the sys.stderr of the moment it is first imported. Importing it here,
+# outside any test's capsys, keeps its INFO lines out of the captured stderr when this file runs alone.
 
 TEXTS = {
     "sport": [
@@ -101,6 +105,26 @@ def test_predict_prints_label_and_probabilities(store: Path, capsys: pytest.Capt
     assert lines[0] == f"{results[0]['label']}\tshares and stock"
     assert lines[1].split()[0] == results[0]["label"]
     assert float(lines[1].split()[1]) == pytest.approx(max(results[0]["probabilities"].values()), abs=1e-4)
+
+
+def test_predict_and_evaluate_take_a_device(
+    store: Path, labelled_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = ["shares and stock", "the match"]
+    status, out, _ = _run(
+        ["predict", "--model", str(store / "toy"), "--json", "--device", "CPU", *texts], capsys
+    )
+    assert status == 0
+    expected = load_package(store / "toy" / "1").predict_proba(texts)
+    torch.testing.assert_close(
+        torch.tensor([r["probabilities"]["money"] for r in json.loads(out)]), expected[:, 0]
+    )
+    status, _, err = _run(["predict", "--model", str(store / "toy"), "--device", "tpu", "x"], capsys)
+    _assert_user_error(status, err, "--device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'")
+    if not torch.cuda.is_available():
+        args = ["evaluate", "--model", str(store / "toy"), "--data", str(labelled_csv), "--device", "cuda"]
+        status, _, err = _run(args, capsys)
+        _assert_user_error(status, err, "device 'cuda' was asked for", "--device cpu")
 
 
 def test_evaluate_prints_scores_of_the_package(

@@ -22,11 +22,14 @@ import sys
 from argparse import ArgumentError
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace  # type: ignore[attr-defined]
 
 from torchship.errors import DataError, TorchshipError
+
+if TYPE_CHECKING:
+    from torchship.store import ModelPackage
 
 __all__ = ["build_parser", "main"]
 
@@ -113,6 +116,9 @@ def _predict_parser() -> ArgumentParser:
     parser.add_argument("--model", type=str, required=True, help="<store>/<name>[:VERSION] or a package dir")
     parser.add_argument("texts", type=str, nargs="*", help="Texts; none reads one per line from stdin")
     parser.add_argument("--json", action="store_true", help="Print JSON")
+    parser.add_argument(
+        "--device", type=str, default="auto", help="auto (a GPU if torch sees one), cpu, cuda, cuda:N, mps"
+    )
     return parser
 
 
@@ -124,6 +130,9 @@ def _evaluate_parser() -> ArgumentParser:
     parser.add_argument("--label_column", type=str, default="label")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--json", action="store_true", help="Print JSON")
+    parser.add_argument(
+        "--device", type=str, default="auto", help="auto (a GPU if torch sees one), cpu, cuda, cuda:N, mps"
+    )
     return parser
 
 
@@ -181,13 +190,21 @@ def _changed_trainer_options(options: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in options.items() if key not in defaults or value != defaults[key]}
 
 
+def _on_device(package: ModelPackage, device: str) -> ModelPackage:
+    """Move ``package``'s model to ``device`` (checked and resolved as the server does)."""
+    from torchship.devices import check_device, resolve_device
+
+    package.model.to(resolve_device(check_device(device, "--device")))
+    return package
+
+
 def _predict(cfg: Namespace) -> int:
     from torchship.store import load_package, resolve_model
 
     texts = list(cfg.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise DataError("no texts to classify: pass them as arguments or one per line on stdin")
-    package = load_package(resolve_model(cfg.model))
+    package = _on_device(load_package(resolve_model(cfg.model)), cfg.device)
     probabilities = package.predict_proba(texts)
     results = [
         {
@@ -215,7 +232,7 @@ def _evaluate(cfg: Namespace) -> int:
     from torchship.training.metrics import ClassificationMetrics
 
     path = resolve_model(cfg.model)
-    package = load_package(path)
+    package = _on_device(load_package(path), cfg.device)
     examples = read_examples(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column)
     index = {label: i for i, label in enumerate(package.labels)}
     unknown = sorted({example.label for example in examples} - set(index))

@@ -13,9 +13,9 @@ from conftest import settings
 from serving_handlers import ThreeStepAPI, TutorialAPI
 
 from torchship.cli import main
+from torchship.devices import resolve_device
 from torchship.errors import ConfigError
 from torchship.serving import ModelAPI, Server
-from torchship.serving.devices import resolve_device
 from torchship.serving.settings import ModelSettings
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine with no GPU")

@@ -41,8 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from torchship.devices import resolve_device
 from torchship.errors import ConfigError, TorchshipError
-from torchship.serving.devices import resolve_device
 from torchship.serving.errors import HandlerError
 from torchship.serving.model_files import load_model_file
 from torchship.serving.settings import ModelSettings

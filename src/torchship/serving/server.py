@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from torchship.devices import resolve_device
 from torchship.errors import ConfigError, NotFoundError
 from torchship.serving.api import ModelAPI
-from torchship.serving.devices import resolve_device
 from torchship.serving.handlers import BUILTIN_HANDLERS
 from torchship.serving.metrics import Metrics
 from torchship.serving.protocols.params import parse_bool, parse_float, parse_int

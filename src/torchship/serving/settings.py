@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchship.devices import check_device
 from torchship.errors import ConfigError
 
 __all__ = ["DEFAULT_MAX_REQUEST_SIZE", "ModelSettings", "ServerSettings", "default_torch_threads"]
@@ -61,7 +61,7 @@ class ModelSettings:
             _check_int("max_workers", self.max_workers, minimum=self.workers)
         if self.torch_threads is not None:
             _check_int("torch_threads", self.torch_threads, minimum=1)
-        object.__setattr__(self, "device", _check_device(self.device))
+        object.__setattr__(self, "device", check_device(self.device))
         object.__setattr__(self, "max_batch_delay", float(self.max_batch_delay))
         object.__setattr__(self, "response_timeout", float(self.response_timeout))
 
@@ -147,17 +147,6 @@ def default_torch_threads(workers: int) -> int:
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, (cores - 1) // max(1, workers))
-
-
-_DEVICE = re.compile(r"(auto|cpu|mps|(cuda|gpu)(:\d+)?)")
-
-
-def _check_device(value: object) -> str:
-    """The device spelled the way torch spells it (``gpu`` → ``cuda``, case and spaces ignored)."""
-    device = value.strip().lower() if isinstance(value, str) else ""
-    if not _DEVICE.fullmatch(device):
-        raise ConfigError(f"device: expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
-    return "cuda" + device[3:] if device.startswith("gpu") else device
 
 
 def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:

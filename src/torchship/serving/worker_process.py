@@ -22,9 +22,9 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
+from torchship.devices import resolve_device
 from torchship.errors import TorchshipError
 from torchship.serving.api import ModelAPI
-from torchship.serving.devices import resolve_device
 from torchship.serving.execution import run_batch
 
 __all__ = ["worker_main"]

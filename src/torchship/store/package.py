@@ -132,7 +132,8 @@ class ModelPackage:
 
     @torch.inference_mode()
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """Class probabilities for ``texts``, shape ``(len(texts), num_classes)``, float32."""
+        """Class probabilities for ``texts``, shape ``(len(texts), num_classes)``, float32 on the CPU; the
+        model runs on whatever device it is on."""
         from torchship.data.tokenizer import encode_texts
 
         if not texts:
@@ -140,10 +141,12 @@ class ModelPackage:
         # Sort by length so each batch pads little, then put the rows back in input order.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = torch.empty(len(texts), self.config.model.num_classes)
+        device = next(self.model.parameters()).device  # the CPU unless moved (``package.model.to(...)``)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             ids, mask = encode_texts(self.tokenizer, [texts[i] for i in chunk], self.config.model.pad_id)
-            out[chunk] = torch.softmax(self.model(ids, mask).float(), dim=-1)
+            logits = self.model(ids.to(device), mask.to(device))
+            out[chunk] = torch.softmax(logits.float(), dim=-1).cpu()
         return out
 
 

@@ -1,4 +1,5 @@
-"""Which device a worker runs its model on, from the ``device`` setting and the worker's slot.
+"""Which device a model runs on: the ``device`` setting of serving workers and of ``torchship predict`` /
+``evaluate``, spelled as torch spells it, and resolved for a worker's slot.
 
 ``auto`` and ``cuda`` spread a version's workers round-robin over the GPUs torch sees (slot ``n`` gets
 ``cuda:{n % count}``), as TorchServe assigns ``gpu_id``; ``auto`` falls back to the CPU where there is
@@ -8,6 +9,7 @@ the one it replaces, so a crash never moves load from one GPU to another.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from torchship.errors import ConfigError
@@ -15,7 +17,18 @@ from torchship.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["check_device", "resolve_device"]
+
+_DEVICE = re.compile(r"(auto|cpu|mps|(cuda|gpu)(:\d+)?)")
+
+
+def check_device(value: object, name: str = "device") -> str:
+    """The device spelled the way torch spells it (``gpu`` → ``cuda``, case and spaces ignored), or a
+    :class:`ConfigError` naming ``name`` and the choices."""
+    device = value.strip().lower() if isinstance(value, str) else ""
+    if not _DEVICE.fullmatch(device):
+        raise ConfigError(f"{name}: expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
+    return "cuda" + device[3:] if device.startswith("gpu") else device
 
 
 def resolve_device(device: str, slot: int = 0) -> torch.device:
