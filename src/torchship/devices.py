@@ -39,7 +39,7 @@ def resolve_device(device: str, slot: int = 0) -> torch.device:
         return torch.device("cpu")
     if device == "mps":
         if not torch.backends.mps.is_available():
-            raise ConfigError("device 'mps' was asked for but this machine has no MPS; serve with device cpu")
+            raise ConfigError("device 'mps' was asked for but this machine has no MPS; use --device cpu")
         return torch.device("mps")
     available = torch.cuda.is_available()
     if device == "auto" and not available:
@@ -47,8 +47,8 @@ def resolve_device(device: str, slot: int = 0) -> torch.device:
     if not available:
         why = "this torch build has no CUDA" if torch.version.cuda is None else "torch sees no CUDA GPU"
         raise ConfigError(
-            f"device {device!r} was asked for but {why} (torch {torch.__version__}); serve with device cpu "
-            "(--device cpu), or install a CUDA build of torch on a machine with a GPU"
+            f"device {device!r} was asked for but {why} (torch {torch.__version__}); use --device cpu "
+            "(device='cpu' in code), or install a CUDA build of torch on a machine with a GPU"
         )
     count = torch.cuda.device_count()
     if device in ("auto", "cuda"):
