@@ -116,9 +116,7 @@ def _predict_parser() -> ArgumentParser:
     parser.add_argument("--model", type=str, required=True, help="<store>/<name>[:VERSION] or a package dir")
     parser.add_argument("texts", type=str, nargs="*", help="Texts; none reads one per line from stdin")
     parser.add_argument("--json", action="store_true", help="Print JSON")
-    parser.add_argument(
-        "--device", type=str, default="auto", help="auto (a GPU if torch sees one), cpu, cuda, cuda:N, mps"
-    )
+    _add_device_argument(parser)
     return parser
 
 
@@ -130,10 +128,14 @@ def _evaluate_parser() -> ArgumentParser:
     parser.add_argument("--label_column", type=str, default="label")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--json", action="store_true", help="Print JSON")
+    _add_device_argument(parser)
+    return parser
+
+
+def _add_device_argument(parser: ArgumentParser) -> None:
     parser.add_argument(
         "--device", type=str, default="auto", help="auto (a GPU if torch sees one), cpu, cuda, cuda:N, mps"
     )
-    return parser
 
 
 def _models_parser() -> ArgumentParser:

@@ -93,7 +93,7 @@ def test_what_preprocess_returns_follows_the_device(scripted_model: Path) -> Non
     assert base.preprocess([[1.0, 2.0]]).device.type == "meta"  # the default preprocess builds it there
 
 
-def test_a_worker_reports_its_device(scripted_model: Path) -> None:
+def test_setup_outside_a_worker_resolves_the_setting(scripted_model: Path) -> None:
     api = ThreeStepAPI(model_path=scripted_model, device="cpu")
     api.setup()
     assert api.device == torch.device("cpu")

@@ -132,7 +132,7 @@ class WorkerPool:
         elif kind == "ready" and worker.state is WorkerState.STARTING:  # not when asked to stop meanwhile
             worker.state = WorkerState.READY
             worker.ready_at = self._loop.time()
-            worker.device = str(message[2]) if len(message) > 2 else None
+            worker.device = str(message[2])
             self.load_error, self._restart_delay = None, 1.0
             self.idle.append(worker)
             if self.serving >= self.target:

@@ -70,9 +70,9 @@ def describe(served: ServedVersion, is_default: bool) -> dict[str, Any]:
 
 def _device_fields(device: str | None) -> dict[str, Any]:
     """TorchServe's ``gpu`` and ``gpuUsage`` (``gpuId::N``), plus the device itself (None while loading)."""
-    gpu = device is not None and device.startswith("cuda")
-    usage = f"gpuId::{device.partition(':')[2] or 0}" if device is not None and gpu else "N/A"
-    return {"gpu": gpu, "gpuUsage": usage, "device": device}
+    if device is None or not device.startswith("cuda"):
+        return {"gpu": False, "gpuUsage": "N/A", "device": device}
+    return {"gpu": True, "gpuUsage": f"gpuId::{device.partition(':')[2] or 0}", "device": device}
 
 
 def _iso(timestamp: float) -> str:
