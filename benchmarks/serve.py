@@ -14,9 +14,11 @@ concurrency 1, 8, 32 and 64: throughput, p50, p99 and errors. It prints
 
 Both yardsticks are the bare model at its best, over thread counts and batch sizes, whatever the server's
 own configuration. On a shared machine the latency of the bare model itself drifts by a millisecond from
-one minute to the next, more than the overhead being measured, and its throughput by 10-20%; so c=1 and
+one minute to the next, more than the overhead being measured, and its throughput by 10-40%; so c=1 and
 c=64 run in rounds that alternate the bare model and the server (on the same texts at c=1), each server
-run compared with the bare measurement just before it, and the medians of the rounds are reported.
+run compared with the bare measurement just before it, and the medians of the rounds are reported. With
+several ``--configs``, every config's server is started at the start and each round measures all of them
+in turn (in alternating order), so that a slow minute does not fall on one config only.
 
 Inputs are BBC News articles (``--words N`` cuts each to its first N words; 12 words is about 16 tokens,
 the regime where the server's own cost matters most). Without ``--model`` and without ``./models/bbc``, a
@@ -68,8 +70,8 @@ def main() -> None:
         )
         bare = BareModel(model, texts, latency_texts)
         bare.throughput(args.duration)
-        for config in args.configs:
-            _report(config, serve_under_load(model, texts, latency_texts, bare, args, config, work))
+        for config, rounds in serve_under_load(model, texts, latency_texts, bare, args, work).items():
+            _report(config, rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -152,13 +154,58 @@ def serve_under_load(
     latency_texts: list[str],
     bare: BareModel,
     args: argparse.Namespace,
-    config: str,
     work: Path,
-) -> list[Round]:
-    """Start ``torchship serve`` with ``config`` ("default" or workers x threads), measure, stop it.
+) -> dict[str, list[Round]]:
+    """Start one ``torchship serve`` per config in ``args.configs`` ("default" or workers x threads), all at
+    once, and measure them in turns: at c=1 and c=64, ``args.rounds`` rounds, each of which runs every
+    config (in alternating order) right after its own bare yardstick; at the other concurrencies, one.
+    So a slow minute on the machine falls on every config alike, not on whichever ran then."""
+    servers: dict[str, tuple[subprocess.Popen[str], str]] = {}
+    logs = []
+    try:
+        for config in args.configs:
+            log = (work / f"serve-{config}.log").open("w")
+            logs.append(log)
+            process = subprocess.Popen(
+                _serve_command(model, args, config), stdout=subprocess.PIPE, stderr=log, text=True
+            )
+            servers[config] = (process, _inference_url(process))
+        name = json.loads((model / "config.json").read_text())["name"]
+        urls = {config: f"{base}/predictions/{name}" for config, (_, base) in servers.items()}
+        for _, base in servers.values():
+            _wait_healthy(base)
+        rounds: dict[str, list[Round]] = {config: [] for config in args.configs}
+        for concurrency in args.concurrency:
+            sent = latency_texts if concurrency == 1 else texts
+            bodies = [json.dumps({"text": text}) for text in sent]
+            for url in urls.values():
+                run_load(url, bodies, concurrency, min(2.0, args.duration), work)  # warm up
+            repeats = args.rounds if concurrency in (1, 64) else 1
+            for repeat in range(repeats):
+                order = args.configs if repeat % 2 == 0 else args.configs[::-1]
+                for config in order:
+                    if concurrency == 1:
+                        yardstick = {threads: bare.latency(threads) for threads in THREADS}
+                        paced = bare.latency(1, PACE)
+                        duration = args.duration / repeats
+                    else:
+                        paced = 0.0
+                        threads, batch = bare.best
+                        yardstick = {threads: bare.rate(threads, batch, args.duration / 3)}
+                        duration = args.duration
+                    result = run_load(urls[config], bodies, concurrency, duration, work)
+                    rounds[config].append(Round(concurrency, yardstick, result, paced))
+        return rounds
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+        for process, _ in servers.values():
+            process.wait(60)
+        for log in logs:
+            log.close()
 
-    At c=1 and c=64, ``args.rounds`` rounds alternate the bare model and the server; at the others, one.
-    """
+
+def _serve_command(model: Path, args: argparse.Namespace, config: str) -> list[str]:
     command = [
         sys.executable,
         "-m",
@@ -180,35 +227,7 @@ def serve_under_load(
     for option in ("batch_size", "max_batch_delay"):
         if getattr(args, option) is not None:
             command += [f"--{option}", str(getattr(args, option))]
-    log = (work / f"serve-{config}.log").open("w")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
-    try:
-        base = _inference_url(process)
-        _wait_healthy(base)
-        url = f"{base}/predictions/{json.loads((model / 'config.json').read_text())['name']}"
-        rounds: list[Round] = []
-        for concurrency in args.concurrency:
-            sent = latency_texts if concurrency == 1 else texts
-            bodies = [json.dumps({"text": text}) for text in sent]
-            run_load(url, bodies, concurrency, min(2.0, args.duration), work)  # warm up
-            repeats = args.rounds if concurrency in (1, 64) else 1
-            for _ in range(repeats):
-                if concurrency == 1:
-                    yardstick = {threads: bare.latency(threads) for threads in THREADS}
-                    paced = bare.latency(1, PACE)
-                    duration = args.duration / repeats
-                else:
-                    paced = 0.0
-                    threads, batch = bare.best
-                    yardstick = {threads: bare.rate(threads, batch, args.duration / 3)}
-                    duration = args.duration
-                result = run_load(url, bodies, concurrency, duration, work)
-                rounds.append(Round(concurrency, yardstick, result, paced))
-        return rounds
-    finally:
-        process.terminate()
-        process.wait(60)
-        log.close()
+    return command
 
 
 def _report(config: str, rounds: list[Round]) -> None:

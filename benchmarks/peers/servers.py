@@ -56,7 +56,8 @@ def torchship_server(
     torch_threads: int | None = None,
     deadline_s: float = 180.0,
 ) -> Iterator[Endpoint]:
-    """``torchship serve --model PACKAGE`` at its defaults, plus ``extra_args`` (e.g. ``--batch_size=16``).
+    """``torchship serve --model PACKAGE`` at its defaults but with one worker, as the peers get, plus
+    ``extra_args`` (e.g. ``--batch_size=16``, or ``--workers=2``).
 
     ``torch_threads``: ``--torch_threads`` (None: torchship's default, the cores but one).
     """
@@ -67,6 +68,7 @@ def torchship_server(
     for name, port in ports.items():
         command += [f"--{name}_port", str(port)]
     command += ["--no_snapshot", "--graceful_timeout", "5"]
+    command += ["--workers", "1"]  # one worker per server, like the peers; extra_args may say otherwise
     command += ["--torch_threads", str(torch_threads)] if torch_threads is not None else []
     command += extra_args
     url = f"http://127.0.0.1:{ports['inference']}/predictions/{read_config(package).name}"

@@ -15,7 +15,7 @@ import torch
 
 from torchship.data.tokenizer import train_tokenizer
 from torchship.models.transformer import TransformerClassifier, TransformerConfig
-from torchship.serving import ModelAPI, Server, ServerSettings, ServerThread
+from torchship.serving import ModelAPI, ModelSettings, Server, ServerSettings, ServerThread
 from torchship.store import ModelStore, PackageConfig, write_package
 
 LABELS = ("business", "sport", "tech")
@@ -88,11 +88,11 @@ def shared_server(store_root: Path, scripted_model: Path) -> Iterator[Server]:
     from serving_handlers import EchoAPI, ThreeStepAPI, TutorialAPI, WrongCountAPI
 
     apis = [
-        EchoAPI(name="echo", batch_size=8, max_batch_delay=50),
+        EchoAPI(name="echo", workers=1, batch_size=8, max_batch_delay=50),
         EchoAPI(name="echo2", workers=2, batch_size=4),
-        WrongCountAPI(name="wrong"),
-        TutorialAPI(model_path=scripted_model, name="tutorial"),
-        ThreeStepAPI(model_path=scripted_model, name="threestep"),
+        WrongCountAPI(name="wrong", workers=1),
+        TutorialAPI(model_path=scripted_model, name="tutorial", workers=1),
+        ThreeStepAPI(model_path=scripted_model, name="threestep", workers=1),
     ]
     with running(settings(store=store_root, max_request_size=4096), apis) as server:
         wait_ready(server)
@@ -100,8 +100,16 @@ def shared_server(store_root: Path, scripted_model: Path) -> Iterator[Server]:
 
 
 def settings(**changes: Any) -> ServerSettings:
-    """Server settings for tests: every port 0, no snapshot unless asked."""
-    base: dict[str, Any] = dict(inference_port=0, management_port=0, metrics_port=0, use_snapshot=False)
+    """Server settings for tests: every port 0, no snapshot, one worker per version unless asked (the
+    default, one per core, would start twice the processes on a 2-core machine for nothing these tests
+    check; ``test_lifecycle`` serves with the real defaults)."""
+    base: dict[str, Any] = dict(
+        inference_port=0,
+        management_port=0,
+        metrics_port=0,
+        use_snapshot=False,
+        model_defaults=ModelSettings(workers=1),
+    )
     base.update(changes)
     return ServerSettings(**base)
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,7 +17,7 @@ from torchship.cli import main
 from torchship.devices import resolve_device
 from torchship.errors import ConfigError
 from torchship.serving import ModelAPI, Server
-from torchship.serving.settings import ModelSettings
+from torchship.serving.settings import ModelSettings, default_torch_threads, default_workers
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine with no GPU")
 
@@ -98,3 +99,22 @@ def test_setup_outside_a_worker_resolves_the_setting(scripted_model: Path) -> No
     api.setup()
     assert api.device == torch.device("cpu")
     assert api.predict([{"x": [1.0, 2.0]}]) == [{"y": [3.0, -1.0]}]
+
+
+def test_the_default_worker_count_follows_the_device_and_the_cores() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert ModelSettings().workers is None
+    assert ModelSettings(workers=3).worker_count == 3
+    assert ModelSettings(workers=0).worker_count == 0
+    assert default_workers("cpu") == min(cores, 4)
+    assert default_workers("cuda:1") == default_workers("mps") == 1
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert ModelSettings().worker_count == default_workers("auto") == (gpus or min(cores, 4))
+    original = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(original)})  # as if the machine (or container) had one core
+        assert default_workers("cpu") == 1 and default_torch_threads(1) == 1
+    finally:
+        os.sched_setaffinity(0, original)
+    with pytest.raises(ConfigError, match="workers: must be at least 0, got -1"):
+        ModelSettings(workers=-1)

@@ -1,8 +1,11 @@
-"""The raw-ASGI router and the one exception-to-response mapping."""
+"""The raw-ASGI router, the one exception-to-response mapping, and the transport that sends each response
+in one piece."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import cast
 
 import pytest
 
@@ -14,6 +17,7 @@ from torchship.serving.errors import (
     error_response,
 )
 from torchship.serving.http import Request, Response, Route, Router
+from torchship.serving.protocol import CoalescingTransport
 
 
 async def _endpoint(request: Request) -> Response:
@@ -64,3 +68,57 @@ def test_every_exception_maps_to_a_status_and_type(error: Exception, status: int
 
 def test_queue_full_carries_retry_after() -> None:
     assert error_response(QueueFullError("full", retry_after=3)).headers == (("retry-after", "3"),)
+
+
+class _RecordingTransport:
+    """What the coalescing wrapper needs of an asyncio transport, recording what reaches the socket."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 1234) if name == "peername" else default
+
+
+def test_a_response_written_in_pieces_leaves_in_one_send() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        raw = _RecordingTransport()
+        transport = CoalescingTransport(cast(asyncio.Transport, raw), loop)
+        transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        transport.write(b"ok")
+        assert raw.sent == [] and transport.get_write_buffer_size() == 40
+        await asyncio.sleep(0)  # the end of this loop turn
+        assert raw.sent == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+        assert transport.get_extra_info("peername") == ("127.0.0.1", 1234)  # the rest is the transport's
+        transport.write(b"last")
+        transport.close()  # sends what is buffered before closing
+        assert raw.sent[-1] == b"last" and raw.closed
+        transport.write(b"too late")
+        await asyncio.sleep(0)
+        assert raw.sent[-1] == b"last"  # nothing is written to a closing transport
+        raw = _RecordingTransport()
+        transport = CoalescingTransport(cast(asyncio.Transport, raw), loop)
+        transport.write(b"never")
+        transport.abort()
+        await asyncio.sleep(0)
+        assert raw.sent == [] and raw.aborted
+
+    asyncio.run(scenario())

@@ -3,6 +3,8 @@ shapes, the batch contract, and every error status a client can cause."""
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -193,3 +195,58 @@ def test_metrics_are_exact_with_several_worker_processes(server: Server, client:
     after = [metric(server, name, **extra, **labels) for name, extra in names]
     assert [a - b for a, b in zip(after, before, strict=True)] == [sent] * len(names)
     assert metric(server, "torchship_workers", **labels) == 2
+
+
+def test_pipelined_requests_100_continue_and_close_on_one_connection(server: Server) -> None:
+    """HTTP/1.1 as curl and load balancers use it, on a raw socket: three requests sent in one go are
+    answered in order, ``Expect: 100-continue`` gets its interim answer, and ``Connection: close`` closes."""
+    host, port = server.urls["inference"].removeprefix("http://").rsplit(":", 1)
+    body = b'{"x": 1}'
+    echo = b"POST /predictions/echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    echo += b"Content-Length: 8\r\n"
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(
+            b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n"
+            + echo
+            + b"\r\n"
+            + body
+            + b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        first = _read_responses(sock, 3)
+        sock.sendall(echo + b"Expect: 100-continue\r\n\r\n")
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += sock.recv(1)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        [continued] = _read_responses(sock, 1)
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        [closing] = _read_responses(sock, 1)
+        assert sock.recv(1) == b""  # the server closed the connection after answering
+    assert [status for status, _ in first] == [200, 200, 404]
+    assert json.loads(first[0][1]) == {"status": "Healthy"}
+    assert json.loads(first[1][1])["echo"] == {"x": 1}
+    assert json.loads(first[2][1])["code"] == 404
+    assert continued[0] == 200 and json.loads(continued[1])["echo"] == {"x": 1}
+    assert closing[0] == 200
+
+
+def _read_responses(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """Read ``count`` complete responses (status, body); every one of ours has a Content-Length."""
+    data, responses = b"", []
+    while len(responses) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end].decode("latin-1").split("\r\n")
+            length = next(
+                int(line.split(":", 1)[1]) for line in head if line.lower().startswith("content-length:")
+            )
+            if len(data) >= head_end + 4 + length:
+                responses.append((int(head[0].split()[1]), data[head_end + 4 : head_end + 4 + length]))
+                data = data[head_end + 4 + length :]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed after {len(responses)} of {count} responses"
+        data += chunk
+    assert data == b"", "more bytes than the responses announced"
+    return responses

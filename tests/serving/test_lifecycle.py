@@ -16,12 +16,13 @@ from conftest import describe, settings, wait_until
 from serving_handlers import SlowAPI
 
 from torchship.serving import Server, ServerThread
+from torchship.serving.settings import default_workers
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_graceful_stop_finishes_in_flight_requests() -> None:
-    thread = ServerThread(Server(settings(), apis=[SlowAPI(name="slow")]))
+    thread = ServerThread(Server(settings(), apis=[SlowAPI(name="slow", workers=1)]))
     with thread as server:
         wait_until(lambda: server.registry.get("slow").serving_workers == 1, 120, "the worker")
         answers: list[int] = []
@@ -75,7 +76,10 @@ def test_torchship_serve_command_serves_a_store_and_stops_on_sigint(store_root: 
         response = httpx.post(f"{inference}/predictions/news", json={"text": "a goal"}, timeout=120)
         assert response.status_code == 200, response.text
         management = printed[1].split()[-1]
-        assert httpx.get(f"{management}/models/news").json()[0]["batchSize"] == 8
+        [described] = httpx.get(f"{management}/models/news").json()
+        assert described["batchSize"] == 8
+        # The default number of workers: one per core (at most 4) on a machine without a GPU.
+        assert described["minWorkers"] == default_workers() >= 1
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     finally:

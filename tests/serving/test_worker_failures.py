@@ -22,12 +22,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     apis = [
-        SlowAPI(name="slow", response_timeout=30),
-        SlowAPI(name="hang", response_timeout=1.5),
-        SlowAPI(name="tiny", batch_size=1, job_queue_size=2),
-        SlowAPI(name="bystander"),
-        SlowAPI(name="draining"),
-        BrokenLoadAPI(name="broken"),
+        SlowAPI(name="slow", workers=1, response_timeout=30),
+        SlowAPI(name="hang", workers=1, response_timeout=1.5),
+        SlowAPI(name="tiny", workers=1, batch_size=1, job_queue_size=2),
+        SlowAPI(name="bystander", workers=1),
+        SlowAPI(name="draining", workers=1),
+        BrokenLoadAPI(name="broken", workers=1),
     ]
     with running(settings(), apis) as server:
         wait_until(lambda: server.registry.get("slow").serving_workers == 1, 120, "workers")

@@ -47,7 +47,12 @@ def add_serve_arguments(parser: ArgumentParser) -> None:
         default=_DEFAULTS.max_batch_delay,
         help="Milliseconds a request may wait for a batch while other batches run",
     )
-    parser.add_argument("--workers", type=int, default=_DEFAULTS.workers, help="Worker processes per version")
+    parser.add_argument(
+        "--workers",
+        type=int | None,
+        default=None,
+        help="Worker processes per version (default: one per GPU, else one per CPU core, at most 4)",
+    )
     parser.add_argument(
         "--job_queue_size",
         type=int,

@@ -22,6 +22,7 @@ import uvicorn
 from torchship.errors import ConfigError
 from torchship.serving.app import inference_app, management_app, metrics_app
 from torchship.serving.http import App
+from torchship.serving.protocol import CoalescingHttpToolsProtocol
 from torchship.serving.server import Server
 
 __all__ = ["ServerRunner", "ServerThread", "run"]
@@ -87,7 +88,7 @@ class ServerRunner:
             host=host,
             port=port,
             loop="none",
-            http="httptools",
+            http=CoalescingHttpToolsProtocol,  # uvicorn's httptools protocol, one send per response
             ws="none",
             lifespan="off",
             access_log=False,

@@ -83,12 +83,12 @@ class Server:
         for source in self.sources.store_sources():
             known = snapshot.store_versions.get(source.name, []) if snapshot is not None else []
             if snapshot is None or int(source.version) not in known:
-                specs.append((self._spec(source, defaults, loaded_at_startup=True), defaults.workers))
+                specs.append((self._spec(source, defaults, loaded_at_startup=True), defaults.worker_count))
         for api in self._apis:
             url = str(api.model_path) if api.model_path is not None else ""
-            specs.append((VersionSpec(api, "1", url, _qualname(type(api)), True), api.settings.workers))
+            specs.append((VersionSpec(api, "1", url, _qualname(type(api)), True), api.settings.worker_count))
         for path in self._packages:
-            specs.append((self._spec(self.sources.package(path), defaults, True), defaults.workers))
+            specs.append((self._spec(self.sources.package(path), defaults, True), defaults.worker_count))
         return specs
 
     def _restore(self, entry: SnapshotEntry) -> tuple[VersionSpec, int] | None:
@@ -112,7 +112,7 @@ class Server:
         )
         source = await asyncio.to_thread(self.sources.resolve, url, name, next_version)
         settings = self._settings_from(params)
-        workers = parse_int(params, "initial_workers", settings.workers)
+        workers = parse_int(params, "initial_workers", settings.worker_count)
         synchronous = parse_bool(params, "synchronous", False)
         spec = self._spec(source, settings.replace(workers=max(0, workers)))
         return await self.registry.register(spec, workers=max(0, workers), synchronous=synchronous), workers

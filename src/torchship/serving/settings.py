@@ -5,7 +5,7 @@ names and units follow TorchServe's configuration (``batch_size``, ``max_batch_d
 ``response_timeout`` in seconds) so that its users find what they know.
 
     >>> ModelSettings(batch_size=16, max_batch_delay=5)
-    ModelSettings(batch_size=16, max_batch_delay=5.0, workers=1, ...)
+    ModelSettings(batch_size=16, max_batch_delay=5.0, workers=None, ...)
 """
 
 from __future__ import annotations
@@ -20,7 +20,17 @@ from typing import Any
 from torchship.devices import check_device
 from torchship.errors import ConfigError
 
-__all__ = ["DEFAULT_MAX_REQUEST_SIZE", "ModelSettings", "ServerSettings", "default_torch_threads"]
+__all__ = [
+    "DEFAULT_MAX_REQUEST_SIZE",
+    "ModelSettings",
+    "ServerSettings",
+    "default_torch_threads",
+    "default_workers",
+    "usable_cores",
+]
+
+MAX_DEFAULT_CPU_WORKERS = 4
+"""The most worker processes a version gets by default on the CPU (see :func:`default_workers`)."""
 
 DEFAULT_MAX_REQUEST_SIZE = 6_553_500
 """TorchServe's default ``max_request_size`` in bytes (6.5 MB)."""
@@ -35,8 +45,9 @@ class ModelSettings:
     max_batch_delay: float = 5.0
     """Milliseconds a request may wait for others to join its batch. Only spent while other batches of the
     same version are running: a request that finds a free worker and nothing else in flight goes at once."""
-    workers: int = 1
-    """Worker processes for this version (TorchServe's ``min_worker``/``initial_workers``)."""
+    workers: int | None = None
+    """Worker processes for this version (TorchServe's ``min_worker``/``initial_workers``); None picks
+    :func:`default_workers` for ``device``. :attr:`worker_count` is the number in effect."""
     max_workers: int | None = None
     """Reported as TorchServe's ``maxWorkers``; defaults to ``workers`` (there is no autoscaling)."""
     job_queue_size: int = 512
@@ -54,11 +65,12 @@ class ModelSettings:
     def __post_init__(self) -> None:
         _check_int("batch_size", self.batch_size, minimum=1)
         _check_number("max_batch_delay", self.max_batch_delay, minimum=0.0)
-        _check_int("workers", self.workers, minimum=0)
+        if self.workers is not None:
+            _check_int("workers", self.workers, minimum=0)
         _check_int("job_queue_size", self.job_queue_size, minimum=1)
         _check_number("response_timeout", self.response_timeout, minimum=0.001)
         if self.max_workers is not None:
-            _check_int("max_workers", self.max_workers, minimum=self.workers)
+            _check_int("max_workers", self.max_workers, minimum=self.workers or 0)
         if self.torch_threads is not None:
             _check_int("torch_threads", self.torch_threads, minimum=1)
         object.__setattr__(self, "device", check_device(self.device))
@@ -83,6 +95,11 @@ class ModelSettings:
     def replace(self, **changes: Any) -> ModelSettings:
         """A copy with ``changes`` applied and validated."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def worker_count(self) -> int:
+        """``workers``, or :func:`default_workers` for ``device`` when it is None."""
+        return self.workers if self.workers is not None else default_workers(self.device)
 
     @property
     def max_batch_delay_s(self) -> float:
@@ -135,18 +152,46 @@ class ServerSettings:
         return self.store / ".serve-snapshot.json" if self.store is not None else None
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and ``taskset`` narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers(device: str = "auto") -> int:
+    """Worker processes per version when ``workers`` is not set, as TorchServe picks them: one per GPU
+    where the workers run on GPUs (``auto`` with GPUs, ``cuda``), one for a single device (``cuda:N``,
+    ``mps``), and on the CPU one per core, at most :data:`MAX_DEFAULT_CPU_WORKERS`.
+
+    Why more than one on a CPU: a worker runs one batch at a time, and between two batches it waits while
+    the server answers the last one and sends it the next; a second worker computes meanwhile. Measured
+    with ``benchmarks/serve.py`` on the 2-core machine (16-token texts, wrk at 64 connections on the same
+    cores): 2 workers x 1 thread served 5-38% more than 1 x 1 in 7 of 8 runs (17% in the run that
+    alternated the two), and more at concurrency 8 too. The cap keeps a store with many versions from
+    starting a process per core for each of them (each worker of the demo model holds ~280 MB); past it,
+    :func:`default_torch_threads` gives each worker more threads instead. Pass ``--workers`` to choose.
+    """
+    cpu = min(usable_cores(), MAX_DEFAULT_CPU_WORKERS)
+    if device == "cpu":
+        return cpu
+    if device == "mps" or device.startswith("cuda:"):
+        return 1
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return 1 if device == "cuda" else cpu  # cuda without a GPU: the server refuses it at start anyway
+
+
 def default_torch_threads(workers: int) -> int:
-    """Intra-op threads per worker: the cores left after one for the HTTP process, split between workers.
+    """Intra-op threads per worker: the cores left after one for the HTTP process, split between workers,
+    at least one.
 
     Measured with ``benchmarks/serve.py`` on the 2-core machine (16-token texts, concurrency 64, wrk on the
     same cores): 1 worker x 2 threads collapsed to ~130 req/s (OpenMP threads spin against the HTTP
-    process and the load generator), 1 x 1 served 1,600-2,100 req/s. 2 workers x 1 thread served 5-38%
-    more than 1 x 1 in 4 of 5 runs, and less in one (2026-12-04: 3,843-4,279 against 3,131-3,477 req/s);
-    it is one ``--workers 2`` away, not the default, because every version of every model in a store gets
-    the default number of processes.
+    process and the load generator), 1 x 1 served 1,600-2,100 req/s, and 2 x 1 more again (see
+    :func:`default_workers`).
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, (cores - 1) // max(1, workers))
+    return max(1, (usable_cores() - 1) // max(1, workers))
 
 
 def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
