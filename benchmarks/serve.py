@@ -38,6 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 import torch
@@ -161,7 +162,7 @@ def serve_under_load(
     config (in alternating order) right after its own bare yardstick; at the other concurrencies, one.
     So a slow minute on the machine falls on every config alike, not on whichever ran then."""
     servers: dict[str, tuple[subprocess.Popen[str], str]] = {}
-    logs = []
+    logs: list[IO[str]] = []
     try:
         for config in args.configs:
             log = (work / f"serve-{config}.log").open("w")

@@ -17,7 +17,7 @@ from torchship.cli import main
 from torchship.devices import resolve_device
 from torchship.errors import ConfigError
 from torchship.serving import ModelAPI, Server
-from torchship.serving.settings import ModelSettings, default_torch_threads, default_workers
+from torchship.serving.settings import ModelSettings, default_torch_threads, default_workers, usable_cores
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine with no GPU")
 
@@ -102,7 +102,7 @@ def test_setup_outside_a_worker_resolves_the_setting(scripted_model: Path) -> No
 
 
 def test_the_default_worker_count_follows_the_device_and_the_cores() -> None:
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     assert ModelSettings().workers is None
     assert ModelSettings(workers=3).worker_count == 3
     assert ModelSettings(workers=0).worker_count == 0
@@ -110,11 +110,16 @@ def test_the_default_worker_count_follows_the_device_and_the_cores() -> None:
     assert default_workers("cuda:1") == default_workers("mps") == 1
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     assert ModelSettings().worker_count == default_workers("auto") == (gpus or min(cores, 4))
+    with pytest.raises(ConfigError, match="workers: must be at least 0, got -1"):
+        ModelSettings(workers=-1)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity masks are Linux's")
+def test_the_default_worker_count_follows_the_affinity_mask() -> None:
     original = os.sched_getaffinity(0)
     try:
-        os.sched_setaffinity(0, {min(original)})  # as if the machine (or container) had one core
+        os.sched_setaffinity(0, {min(original)})  # as a container or taskset limited to one core sees it
+        assert usable_cores() == 1
         assert default_workers("cpu") == 1 and default_torch_threads(1) == 1
     finally:
         os.sched_setaffinity(0, original)
-    with pytest.raises(ConfigError, match="workers: must be at least 0, got -1"):
-        ModelSettings(workers=-1)
