@@ -202,8 +202,8 @@ def serve_under_load(
             process.terminate()
         for process, _ in servers.values():
             process.wait(60)
-        for log in logs:
-            log.close()
+        for file in logs:
+            file.close()
 
 
 def _serve_command(model: Path, args: argparse.Namespace, config: str) -> list[str]:
