@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--warmup_ratio", type=float, default=None)
     parser.add_argument("--weight_decay", type=float, default=None)
     parser.add_argument("--label_smoothing", type=float, default=None)
+    parser.add_argument("--ema_decay", type=float, default=None, help="EMA of the weights (Lightning's)")
     parser.add_argument("--max_length", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--vocab_size", type=int, default=None)
@@ -114,6 +115,10 @@ def _run(args: argparse.Namespace, seed: int) -> tuple[dict[str, Any], float, fl
         args, recipe, "lr", "encoder_lr", "warmup_ratio", "weight_decay", "label_smoothing"
     )
     trainer: dict[str, Any] = {"accelerator": args.accelerator, "enable_progress_bar": False}
+    if args.ema_decay is not None:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        trainer["callbacks"] = [EMAWeightAveraging(decay=args.ema_decay)]
     if args.precision is not None:
         trainer["precision"] = args.precision
     epochs = args.epochs if args.epochs is not None else recipe.get("epochs")
