@@ -131,12 +131,17 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str =
 
 
 def wait_ready(server: Server, timeout: float = 120.0) -> None:
-    """Wait until every registered version has all its workers loaded."""
-    wait_until(
-        lambda: all(v.serving_workers >= v.target_workers for v in server.registry.all_versions()),
-        timeout,
-        "workers to load",
-    )
+    """Wait until every registered version has all its workers loaded. A version whose workers cannot
+    load fails the test at once with the reason (the server itself would retry with back-off forever)."""
+
+    def ready() -> bool:
+        versions = server.registry.all_versions()
+        for v in versions:
+            if v.load_error is not None and v.serving_workers == 0:
+                raise AssertionError(f'model "{v.name}" version {v.version} cannot load: {v.load_error}')
+        return all(v.serving_workers >= v.target_workers for v in versions)
+
+    wait_until(ready, timeout, "workers to load")
 
 
 def describe(server: Server, path: str) -> Any:

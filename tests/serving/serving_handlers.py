@@ -70,6 +70,13 @@ class BrokenLoadAPI(ModelAPI):
         raise FileNotFoundError("weights.bin is missing")
 
 
+class ExitOnLoadAPI(ModelAPI):
+    """Its worker process exits while loading, before it can say why (as one killed for memory would)."""
+
+    def load(self, model_path: Path | None) -> Any:
+        os._exit(3)
+
+
 class TutorialAPI(ModelAPI):
     """The classic tutorial shape: ``inference`` calls ``preprocess`` and ``postprocess`` itself."""
 
@@ -90,6 +97,13 @@ class ThreeStepAPI(TutorialAPI):
 
     def inference(self, data: Any) -> Any:
         return self.model(data)
+
+
+class MixedDevicesAPI(ThreeStepAPI):
+    """Adds a CPU tensor to the model's output: on a GPU, the mistake the device hint is for."""
+
+    def inference(self, data: Any) -> Any:
+        return self.model(data) + torch.zeros(2)
 
 
 def _show(item: Any) -> Any:

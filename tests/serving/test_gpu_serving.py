@@ -5,13 +5,12 @@ equal to the CPU's. Skipped where torch sees no CUDA GPU (CI has none; run them 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import torch
 from conftest import TEXTS, describe, running, settings, wait_ready
-from serving_handlers import ThreeStepAPI, TutorialAPI
+from serving_handlers import MixedDevicesAPI, ThreeStepAPI, TutorialAPI
 
 from torchship.serving import TextClassifierAPI
 from torchship.serving.settings import ModelSettings
@@ -20,13 +19,6 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-
-
-class MixedDevicesAPI(ThreeStepAPI):
-    """Adds a CPU tensor to the model's GPU output: the mistake the device hint is for."""
-
-    def inference(self, data: Any) -> Any:
-        return self.model(data) + torch.zeros(2)
 
 
 def test_the_text_classifier_serves_on_the_gpu_like_on_the_cpu(store_root: Path) -> None:

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import textwrap
 import threading
+import types
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from conftest import describe, running, settings, wait_until
-from serving_handlers import BrokenLoadAPI, SlowAPI
+from serving_handlers import BrokenLoadAPI, ExitOnLoadAPI, SlowAPI
 
-from torchship.serving import Server
+from torchship.serving import ModelAPI, Server
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +31,8 @@ def server() -> Iterator[Server]:
         SlowAPI(name="bystander", workers=1),
         SlowAPI(name="draining", workers=1),
         BrokenLoadAPI(name="broken", workers=1),
+        ExitOnLoadAPI(name="vanishing", workers=1),
+        _unimportable_api("ghost"),
     ]
     with running(settings(), apis) as server:
         wait_until(lambda: server.registry.get("slow").serving_workers == 1, 120, "workers")
@@ -36,6 +41,26 @@ def server() -> Iterator[Server]:
         wait_until(lambda: server.registry.get("bystander").serving_workers == 1, 120, "workers")
         wait_until(lambda: server.registry.get("draining").serving_workers == 1, 120, "workers")
         yield server
+    del sys.modules[_GHOST_MODULE]
+
+
+_GHOST_MODULE = "torchship_test_ghost_handlers"
+
+
+def _unimportable_api(name: str) -> ModelAPI:
+    """A ModelAPI whose class lives in a module that exists in this process only, as a class defined in a
+    notebook cell does: the server pickles it, a worker process cannot import it."""
+    module = types.ModuleType(_GHOST_MODULE)
+    source = """
+        from serving_handlers import EchoAPI
+
+        class GhostAPI(EchoAPI):
+            pass
+    """
+    exec(textwrap.dedent(source), module.__dict__)
+    sys.modules[_GHOST_MODULE] = module
+    api: ModelAPI = module.GhostAPI(name=name, workers=1)
+    return api
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +141,25 @@ def test_a_model_that_cannot_load_answers_503_with_the_reason(server: Server, cl
     assert "weights.bin is missing" in response.json()["message"]
     assert "weights.bin is missing" in describe(server, "/models/broken")[0]["loadError"]
     assert client.get("/ping").json() == {"status": "Partial Healthy"}
+
+
+def test_a_handler_class_workers_cannot_import_is_a_load_error_that_says_what_to_do(
+    server: Server, client: httpx.Client
+) -> None:
+    wait_until(lambda: server.registry.get("ghost").load_error is not None, 120, "the load failure")
+    message = client.post("/predictions/ghost", json={}).json()["message"]
+    assert f"ModuleNotFoundError: No module named '{_GHOST_MODULE}'" in message
+    assert "define it in a .py file that a fresh process can import (not in a notebook cell)" in message
+    assert f"No module named '{_GHOST_MODULE}'" in describe(server, "/models/ghost")[0]["loadError"]
+
+
+def test_a_worker_that_dies_while_loading_is_a_load_error(server: Server, client: httpx.Client) -> None:
+    wait_until(lambda: server.registry.get("vanishing").load_error is not None, 120, "the load failure")
+    reason = "the worker exited with code 3 while loading"
+    response = client.post("/predictions/vanishing", json={})
+    assert response.status_code == 503
+    assert reason in response.json()["message"]
+    assert describe(server, "/models/vanishing")[0]["loadError"] == reason
 
 
 def test_no_workers_answers_503(server: Server, client: httpx.Client) -> None:

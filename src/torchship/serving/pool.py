@@ -154,7 +154,9 @@ class WorkerPool:
         if worker.ready_at is not None:
             self._spawn()  # it crashed or was killed while serving: replace it now
             return
-        reason = self.load_error or f"the worker exited with code {worker.exitcode} while loading"
+        if self.load_error is None:  # it died before it could say why (killed, out of memory, a crash)
+            self.load_error = f"the worker exited with code {worker.exitcode} while loading"
+        reason = self.load_error
         _settle(self._ready_waiters, HandlerError(f'Model "{self.api.name}" failed to load: {reason}'))
         self._on_load_failure(reason)
         if self._restart is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import signal
 import threading
 import time
@@ -31,13 +32,28 @@ __all__ = ["worker_main"]
 
 logger = logging.getLogger("torchship.serving.worker")
 
+_IMPORT_HINT = (
+    "Worker processes are fresh Python processes that import the ModelAPI's class by its module and name: "
+    "define it in a .py file that a fresh process can import (not in a notebook cell), under a module name "
+    "that nothing else on sys.path shadows"
+)
 
-def worker_main(api: ModelAPI, conn: Connection, torch_threads: int, slot: int = 0) -> None:
+
+def worker_main(pickled_api: bytes, conn: Connection, torch_threads: int, slot: int = 0) -> None:
     """Entry point of a worker process (the target given to ``multiprocessing``'s spawn context).
-    ``slot`` numbers the version's workers from 0; it picks the GPU under ``device`` auto or cuda."""
+    ``pickled_api`` is the ModelAPI object, pickled by the server; ``slot`` numbers the version's workers
+    from 0 and picks the GPU under ``device`` auto or cuda."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     _limit_threads(torch_threads)
+    try:
+        api: ModelAPI = pickle.loads(pickled_api)  # pickled by the server, never by a client
+    except BaseException as exc:
+        # Typically the handler's class lives where a fresh process cannot import it: a notebook cell, or a
+        # module that another module of the same name shadows on sys.path.
+        logger.error("a worker could not rebuild its ModelAPI object", exc_info=exc)
+        conn.send(("failed", "InternalServerException", f"{type(exc).__name__}: {exc}. {_IMPORT_HINT}"))
+        return
     try:
         api.device = resolve_device(api.settings.device, slot)
         api.setup()

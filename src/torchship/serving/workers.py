@@ -25,6 +25,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import pickle
 import time
 from collections.abc import Callable
 from typing import Any
@@ -74,23 +75,29 @@ class WorkerProcess:
         self._on_message = on_message
         self._on_exit = on_exit
         self._loop = asyncio.get_running_loop()
-        self._conn, child_conn = _SPAWN.Pipe(duplex=True)
-        self._process = _SPAWN.Process(
-            target=worker_main,
-            args=(api, child_conn, torch_threads, slot),
-            name=f"{WORKER_PROCESS_PREFIX}-{api.name}-{version}-{self.id}",
-            daemon=True,
-        )
         try:
-            self._process.start()  # pickles the ModelAPI object for the child
+            # Pickled here rather than by multiprocessing, so that the child unpickles it inside
+            # worker_main, where a class it cannot import becomes a load error the server reports.
+            pickled = pickle.dumps(api)
         except Exception as exc:
-            self._conn.close()
-            child_conn.close()
             raise ConfigError(
                 f"cannot start a worker for {api!r}: {type(exc).__name__}: {exc}. The ModelAPI object must "
                 "be picklable: define its class at the top level of a module, and create unpicklable things "
                 "(models, clients, files) in load() rather than in __init__"
             ) from exc
+        self._conn, child_conn = _SPAWN.Pipe(duplex=True)
+        self._process = _SPAWN.Process(
+            target=worker_main,
+            args=(pickled, child_conn, torch_threads, slot),
+            name=f"{WORKER_PROCESS_PREFIX}-{api.name}-{version}-{self.id}",
+            daemon=True,
+        )
+        try:
+            self._process.start()
+        except Exception:
+            self._conn.close()
+            child_conn.close()
+            raise
         child_conn.close()  # keep only the child's copy, so its exit closes the pipe
         self._loop.add_reader(self._conn.fileno(), self._on_readable)
         self._loop.add_reader(self._process.sentinel, self._on_sentinel)
