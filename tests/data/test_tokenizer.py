@@ -17,6 +17,7 @@ from torchship.data.tokenizer import (
     configure_tokenizer,
     encode_texts,
     pad_token_id,
+    token_ids,
     train_tokenizer,
 )
 from torchship.errors import ConfigError
@@ -90,6 +91,16 @@ def test_truncates_to_max_length_keeping_sep(tokenizer: Tokenizer) -> None:
     encoding = tokenizer.encode(" ".join(["abcdefghij"] * 50))
     assert len(encoding.ids) == 16
     assert encoding.tokens[-1] == "[SEP]"
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_token_ids_are_encode_batchs_ids_truncated_alike(kind: str) -> None:
+    tok = train_tokenizer(corpus(), kind=kind, vocab_size=300, max_length=16)  # type: ignore[arg-type]
+    texts = [*corpus(seed=1, size=30), "Naïve Ünïcode and [CLS] in the text", ""]
+    ids = token_ids(tok, texts)
+    assert ids == [encoding.ids for encoding in tok.encode_batch(texts)]
+    assert max(len(row) for row in ids) == 16
+    assert ids[-1] == [tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")]
 
 
 def test_lowercase_strips_accents() -> None:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from torchship.data.batching import LengthGroupedBatchSampler, TokenizedDataset, collate_batch
 from torchship.data.formats import Example, read_examples
 from torchship.data.split import check_fractions, check_labels, stratified_split
-from torchship.data.tokenizer import pad_token_id, train_tokenizer
+from torchship.data.tokenizer import pad_token_id, token_ids, train_tokenizer
 from torchship.errors import ConfigError
 
 __all__ = ["DataConfig", "TextClassificationDataModule"]
@@ -131,9 +131,8 @@ class TextClassificationDataModule(L.LightningDataModule):
         """The tokenised ``split``, tokenised on first use and cached."""
         if split not in self._datasets:
             examples: list[Example] = getattr(self, split)
-            encodings = self.tokenizer.encode_batch([example.text for example in examples])
             self._datasets[split] = TokenizedDataset(
-                [encoding.ids for encoding in encodings],
+                token_ids(self.tokenizer, [example.text for example in examples]),
                 [self.label_to_index[example.label] for example in examples],
             )
         return self._datasets[split]

@@ -78,9 +78,11 @@ class TextClassifierAPI(ModelAPI):
         """Probabilities per text, computed in length-sorted groups so padding stays small."""
         import torch
 
+        from torchship.data.tokenizer import token_ids as encode_ids
+
         positions = [i for i, item in enumerate(data) if isinstance(item, _Item)]
         texts = [data[i].text for i in positions]  # type: ignore[union-attr]
-        token_ids = [encoding.ids for encoding in self.tokenizer.encode_batch(texts)] if texts else []
+        token_ids = encode_ids(self.tokenizer, texts) if texts else []
         results: list[Any] = list(data)
         order = sorted(range(len(token_ids)), key=lambda k: len(token_ids[k]))
         lengths = [len(token_ids[k]) for k in order]
@@ -90,17 +92,16 @@ class TextClassifierAPI(ModelAPI):
             group = order[start : start + size]
             start += size
             ids, mask = _pad([token_ids[k] for k in group], self.pad_id, self.device)
-            probabilities = torch.softmax(self.model(ids, mask).float(), dim=-1).cpu()  # (B, num_classes)
-            for row, k in enumerate(group):
-                results[positions[k]] = (data[positions[k]], probabilities[row])
+            probabilities = torch.softmax(self.model(ids, mask).float(), dim=-1).tolist()  # (B, num_classes)
+            for row, k in zip(probabilities, group, strict=True):
+                results[positions[k]] = (data[positions[k]], row)
         return results
 
     def postprocess(self, output: list[Any]) -> list[Any]:
         """``{"label", "score", "probabilities"}`` per request (errors pass through)."""
         return [result if isinstance(result, Exception) else self._answer(*result) for result in output]
 
-    def _answer(self, item: _Item, probabilities: Any) -> dict[str, Any]:
-        values = probabilities.tolist()
+    def _answer(self, item: _Item, values: list[float]) -> dict[str, Any]:
         ranked = sorted(range(len(values)), key=lambda index: -values[index])[: item.top_k]
         return {
             "label": self.labels[ranked[0]],
