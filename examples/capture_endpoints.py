@@ -146,7 +146,7 @@ def capture(server: Server, name: str, store: Path) -> str:
         "Register a model from the store (`name` or `name/version`), a package directory or a `.zip` in "
         "the store or a `--model_roots` directory. Parameters: `url`, `model_name`, `batch_size`, "
         "`max_batch_delay` (ms), `initial_workers`, `synchronous`, `response_timeout` (s), "
-        "`job_queue_size`; or the same as a JSON body.",
+        "`startup_timeout` (s), `job_queue_size`; or the same as a JSON body.",
     )
     c.call("management", "PUT", f"/models/{name}-copy?min_worker=2&synchronous=true", "Scale workers.")
     c.call("management", "PUT", f"/models/{name}-copy?min_worker=1", "Asynchronously: 202.")

@@ -4,6 +4,7 @@ because spawned worker processes import them by name (the tests directory is on 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,13 @@ class BrokenLoadAPI(ModelAPI):
 
     def load(self, model_path: Path | None) -> Any:
         raise FileNotFoundError("weights.bin is missing")
+
+
+class HangOnLoadAPI(ModelAPI):
+    """Never finishes loading (a stuck download, a deadlock)."""
+
+    def load(self, model_path: Path | None) -> Any:
+        threading.Event().wait()
 
 
 class ExitOnLoadAPI(ModelAPI):

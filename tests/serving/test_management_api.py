@@ -78,10 +78,14 @@ def test_register_a_new_store_version_makes_it_the_default(
 ) -> None:
     store, _ = roots
     version = publish_classifier(store, "news", seed=3)
-    response = manage.post(f"/models?url=news/{version}&initial_workers=1&synchronous=true&batch_size=4")
+    response = manage.post(
+        f"/models?url=news/{version}&initial_workers=1&synchronous=true&batch_size=4"
+        "&response_timeout=30&startup_timeout=90"
+    )
     assert response.status_code == 200, response.text
     assert response.json() == {"status": f'Model "news" Version: {version} registered with 1 initial workers'}
-    assert manage.get(f"/models/news/{version}").json()[0]["batchSize"] == 4
+    [described] = manage.get(f"/models/news/{version}").json()
+    assert (described["batchSize"], described["responseTimeout"], described["startupTimeout"]) == (4, 30, 90)
     text = "the coach praised the players"
     expected = load_package(store / "news" / str(version)).predict_proba([text])[0]
     assert infer.post("/predictions/news", json={"text": text}).json()["score"] == pytest.approx(

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import describe, running, settings, wait_until
-from serving_handlers import BrokenLoadAPI, ExitOnLoadAPI, SlowAPI
+from serving_handlers import BrokenLoadAPI, ExitOnLoadAPI, HangOnLoadAPI, SlowAPI
 
 from torchship.serving import ModelAPI, Server
 
@@ -32,6 +32,8 @@ def server() -> Iterator[Server]:
         SlowAPI(name="draining", workers=1),
         BrokenLoadAPI(name="broken", workers=1),
         ExitOnLoadAPI(name="vanishing", workers=1),
+        HangOnLoadAPI(name="stuck", workers=1, startup_timeout=1.5),
+        HangOnLoadAPI(name="loading", workers=1, response_timeout=1),
         _unimportable_api("ghost"),
     ]
     with running(settings(), apis) as server:
@@ -160,6 +162,26 @@ def test_a_worker_that_dies_while_loading_is_a_load_error(server: Server, client
     assert response.status_code == 503
     assert reason in response.json()["message"]
     assert describe(server, "/models/vanishing")[0]["loadError"] == reason
+
+
+def test_a_worker_still_loading_after_startup_timeout_is_stopped_and_the_reason_shown(
+    server: Server, client: httpx.Client
+) -> None:
+    wait_until(lambda: server.registry.get("stuck").load_error is not None, 120, "the startup timeout")
+    reason = "the worker did not load within startup_timeout=1.5s and was stopped"
+    response = client.post("/predictions/stuck", json={})
+    assert response.status_code == 503
+    assert reason in response.json()["message"] and "raise startup_timeout" in response.json()["message"]
+    [described] = describe(server, "/models/stuck")
+    assert described["startupTimeout"] == 1.5 and reason in described["loadError"]
+
+
+def test_a_request_waiting_for_a_loading_worker_gets_504_that_says_so(client: httpx.Client) -> None:
+    response = client.post("/predictions/loading", json={})  # its worker loads for ever (startup_timeout 120)
+    assert response.status_code == 504
+    message = response.json()["message"]
+    assert "did not start this request within response_timeout=1s" in message
+    assert "no worker has loaded the model yet" in message
 
 
 def test_no_workers_answers_503(server: Server, client: httpx.Client) -> None:

@@ -66,6 +66,12 @@ def add_serve_arguments(parser: ArgumentParser) -> None:
         help="Seconds before a waiting or running request is answered 504",
     )
     parser.add_argument(
+        "--startup_timeout",
+        type=float,
+        default=_DEFAULTS.startup_timeout,
+        help="Seconds a worker may take to load the model before it is killed and retried",
+    )
+    parser.add_argument(
         "--torch_threads",
         type=int | None,
         default=None,
@@ -123,6 +129,7 @@ def run_serve(cfg: Namespace) -> int:
         workers=cfg.workers,
         job_queue_size=cfg.job_queue_size,
         response_timeout=cfg.response_timeout,
+        startup_timeout=cfg.startup_timeout,
         torch_threads=cfg.torch_threads,
         device=cfg.device,
     )

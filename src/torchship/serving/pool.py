@@ -1,7 +1,8 @@
 """The worker processes of one model version: keep ``target`` of them alive, know which are idle.
 
 A worker that dies after it has loaded is replaced at once. A worker that dies while loading (a model
-that cannot load) is retried with exponential backoff, 1 s up to 30 s, so a broken model costs little
+that cannot load), or is still loading after ``startup_timeout`` (then it is killed), is retried with
+exponential backoff, 1 s up to 30 s, so a broken model costs little
 while it is being fixed, and a fixed one comes back without a restart. Scaling down stops idle workers
 first, then loading ones, then busy ones after their current batch. The pool reports to its version
 through three callbacks: a worker became ready, a worker answered a batch, a worker was lost.
@@ -53,6 +54,7 @@ class WorkerPool:
         self._closing = False
         self._ready_waiters: list[asyncio.Future[None]] = []
         self._exit_waiters: list[asyncio.Future[None]] = []
+        self._startup_timers: dict[WorkerProcess, asyncio.TimerHandle] = {}
 
     @property
     def workers(self) -> list[WorkerProcess]:
@@ -124,12 +126,27 @@ class WorkerPool:
             on_exit=self._on_exit,
         )
         self._workers.append(worker)
+        timeout = self.api.settings.startup_timeout
+        self._startup_timers[worker] = self._loop.call_later(timeout, self._on_startup_timeout, worker)
+
+    def _on_startup_timeout(self, worker: WorkerProcess) -> None:
+        self._startup_timers.pop(worker, None)
+        if worker.state is not WorkerState.STARTING:
+            return
+        timeout = self.api.settings.startup_timeout
+        self.load_error = (
+            f"the worker did not load within startup_timeout={timeout:g}s and was stopped; if loading is "
+            "this slow on purpose, raise startup_timeout (--startup_timeout, or the register API's parameter)"
+        )
+        logger.error("%s version %s: %s", self.api.name, self.version, self.load_error)
+        worker.kill()  # its exit (via the sentinel) reports the failure and schedules the retry
 
     def _on_message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "done":
             self._on_done(worker, message[1], message[2], message[3])
         elif kind == "ready" and worker.state is WorkerState.STARTING:  # not when asked to stop meanwhile
+            _cancel(self._startup_timers.pop(worker, None))
             worker.state = WorkerState.READY
             worker.ready_at = self._loop.time()
             worker.device = str(message[2])
@@ -143,6 +160,7 @@ class WorkerPool:
             logger.error("%s version %s failed to load: %s", self.api.name, self.version, message[2])
 
     def _on_exit(self, worker: WorkerProcess) -> None:
+        _cancel(self._startup_timers.pop(worker, None))
         self._workers.remove(worker)
         if worker in self.idle:
             self.idle.remove(worker)
@@ -167,6 +185,11 @@ class WorkerPool:
         self._restart = None
         while not self._closing and len(self._live()) < self.target:
             self._spawn()
+
+
+def _cancel(timer: asyncio.TimerHandle | None) -> None:
+    if timer is not None:
+        timer.cancel()
 
 
 def _settle(futures: list[asyncio.Future[None]], error: Exception | None = None) -> None:

@@ -169,7 +169,7 @@ class Server:
         for key, field in (("batch_size", "batch_size"), ("job_queue_size", "job_queue_size")):
             if params.get(key):
                 changes[field] = parse_int(params, key, 0)
-        for key in ("max_batch_delay", "response_timeout"):
+        for key in ("max_batch_delay", "response_timeout", "startup_timeout"):
             value = parse_float(params, key)
             if value is not None:
                 changes[key] = value

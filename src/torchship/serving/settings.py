@@ -55,6 +55,9 @@ class ModelSettings:
     response_timeout: float = 60.0
     """Seconds a request may wait in the queue, and seconds a batch may run in a worker, before the request
     is answered 504. A worker whose batch runs past it is killed and replaced."""
+    startup_timeout: float = 120.0
+    """Seconds a worker may take to load the model (TorchServe's ``startupTimeout``, same default). One still
+    loading then is killed, the version's ``loadError`` says so, and it is retried with back-off."""
     torch_threads: int | None = None
     """``torch.set_num_threads`` in each worker; None picks :func:`default_torch_threads`."""
     device: str = "auto"
@@ -69,6 +72,7 @@ class ModelSettings:
             _check_int("workers", self.workers, minimum=0)
         _check_int("job_queue_size", self.job_queue_size, minimum=1)
         _check_number("response_timeout", self.response_timeout, minimum=0.001)
+        _check_number("startup_timeout", self.startup_timeout, minimum=0.001)
         if self.max_workers is not None:
             _check_int("max_workers", self.max_workers, minimum=self.workers or 0)
         if self.torch_threads is not None:
@@ -76,6 +80,7 @@ class ModelSettings:
         object.__setattr__(self, "device", check_device(self.device))
         object.__setattr__(self, "max_batch_delay", float(self.max_batch_delay))
         object.__setattr__(self, "response_timeout", float(self.response_timeout))
+        object.__setattr__(self, "startup_timeout", float(self.startup_timeout))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSettings:

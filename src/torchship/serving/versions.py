@@ -168,15 +168,22 @@ class ServedVersion:
 
     def _expire_waiting(self, now: float) -> None:
         timeout = self.settings.response_timeout
-        for job in self._batcher.expire(now - timeout):
-            _fail(
-                job,
-                RequestTimeoutError(
-                    f'Model "{self.name}" Version {self.version} did not start this request within '
-                    f"response_timeout={timeout:g}s; the server is overloaded: retry later, add workers, or "
-                    "raise response_timeout"
-                ),
+        expired = self._batcher.expire(now - timeout)
+        if not expired:
+            return
+        if self._pool.serving == 0:
+            why = (
+                "no worker has loaded the model yet (the version's describe shows its workers STARTING, or "
+                "a loadError): retry once a worker is READY"
             )
+        else:
+            why = "the server is overloaded: retry later, add workers, or raise response_timeout"
+        error = RequestTimeoutError(
+            f'Model "{self.name}" Version {self.version} did not start this request within '
+            f"response_timeout={timeout:g}s; {why}"
+        )
+        for job in expired:
+            _fail(job, error)
 
     def _retry_after(self) -> int:
         workers = max(1, self._pool.serving)

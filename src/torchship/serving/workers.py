@@ -114,10 +114,15 @@ class WorkerProcess:
         self._conn.send(("run", batch_id, requests))
 
     def stop(self) -> None:
-        """Ask the worker to exit after its current batch (it reads the message when it is done)."""
+        """Ask the worker to exit after its current batch (it reads the message when it is done). One still
+        loading has no batch to finish and would read the message only once loaded: it is killed."""
         if self.state is WorkerState.STOPPED:
             return
+        loading = self.state is WorkerState.STARTING
         self.state = WorkerState.STOPPING
+        if loading:
+            self.kill()
+            return
         try:
             self._conn.send(("stop",))
         except OSError:

@@ -44,6 +44,7 @@ def describe(served: ServedVersion, is_default: bool) -> dict[str, Any]:
         "batchSize": settings.batch_size,
         "maxBatchDelay": settings.max_batch_delay,
         "responseTimeout": settings.response_timeout,
+        "startupTimeout": settings.startup_timeout,
         "loadedAtStartup": served.spec.loaded_at_startup,
         "isDefault": is_default,
         "handler": served.spec.handler,
