@@ -2,9 +2,9 @@
 
 A worker that dies after it has loaded is replaced at once. A worker that dies while loading (a model
 that cannot load), or is still loading after ``startup_timeout`` (then it is killed), is retried with
-exponential backoff, 1 s up to 30 s, so a broken model costs little
-while it is being fixed, and a fixed one comes back without a restart. Scaling down stops idle workers
-first, then loading ones, then busy ones after their current batch. The pool reports to its version
+exponential backoff, 1 s up to 30 s, so a broken model costs little while it is being fixed, and a fixed
+one comes back without a restart. Scaling down stops idle workers first, then loading ones (killed: they
+have no batch to finish), then busy ones after their current batch. The pool reports to its version
 through three callbacks: a worker became ready, a worker answered a batch, a worker was lost.
 """
 
