@@ -78,8 +78,11 @@ def test_torchship_serve_command_serves_a_store_and_stops_on_sigint(store_root: 
         management = printed[1].split()[-1]
         [described] = httpx.get(f"{management}/models/news").json()
         assert described["batchSize"] == 8
-        # The default number of workers: one per core (at most 4) on a machine without a GPU.
+        # The default number of workers: one per core (at most 4) on a machine without a GPU, for the
+        # latest version; one for older versions.
         assert described["minWorkers"] == default_workers() >= 1
+        [older] = httpx.get(f"{management}/models/news/1").json()
+        assert older["minWorkers"] == 1 and not older["isDefault"]
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     finally:

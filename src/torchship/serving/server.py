@@ -80,10 +80,19 @@ class Server:
         specs: list[tuple[VersionSpec, int]] = []
         if snapshot is not None:
             specs += [item for entry in snapshot.entries if (item := self._restore(entry)) is not None]
-        for source in self.sources.store_sources():
+        store_sources = self.sources.store_sources()
+        latest: dict[str, int] = {}
+        for source in store_sources:
+            latest[source.name] = max(latest.get(source.name, 0), int(source.version))
+        for source in store_sources:
             known = snapshot.store_versions.get(source.name, []) if snapshot is not None else []
             if snapshot is None or int(source.version) not in known:
-                specs.append((self._spec(source, defaults, loaded_at_startup=True), defaults.worker_count))
+                # Unless --workers says otherwise, a model's latest version (its default) gets the default
+                # worker count and older ones one worker each: every version stays callable, and a store
+                # of many versions does not multiply the processes (~280 MB each for the demo model).
+                older = int(source.version) < latest[source.name] and defaults.workers is None
+                workers = min(1, defaults.worker_count) if older else defaults.worker_count
+                specs.append((self._spec(source, defaults, loaded_at_startup=True), workers))
         for api in self._apis:
             url = str(api.model_path) if api.model_path is not None else ""
             specs.append((VersionSpec(api, "1", url, _qualname(type(api)), True), api.settings.worker_count))

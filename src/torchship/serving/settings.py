@@ -171,9 +171,10 @@ def default_workers(device: str = "auto") -> int:
     the server answers the last one and sends it the next; a second worker computes meanwhile. Measured
     with ``benchmarks/serve.py`` on the 2-core machine (16-token texts, wrk at 64 connections on the same
     cores): 2 workers x 1 thread served 5-38% more than 1 x 1 in 7 of 8 runs (17% in the run that
-    alternated the two), and more at concurrency 8 too. The cap keeps a store with many versions from
-    starting a process per core for each of them (each worker of the demo model holds ~280 MB); past it,
-    :func:`default_torch_threads` gives each worker more threads instead. Pass ``--workers`` to choose.
+    alternated the two), and more at concurrency 8 too. The cap keeps a big machine from starting a
+    process per core for each model (each worker of the demo model holds ~280 MB); past it,
+    :func:`default_torch_threads` gives each worker more threads instead. Served from a store, a model's older
+    versions get one worker each instead. Pass ``--workers`` to choose for every version.
     """
     cpu = min(usable_cores(), MAX_DEFAULT_CPU_WORKERS)
     if device == "cpu":
