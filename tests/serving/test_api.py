@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import sum_and_difference
 from serving_handlers import ThreeStepAPI, TutorialAPI
+from serving_support import sum_and_difference
 
 from torchship.errors import ConfigError, PackageError
 from torchship.serving import ModelAPI, TextClassifierAPI

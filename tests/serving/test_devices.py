@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 
 import pytest
 import torch
-from conftest import settings
 from serving_handlers import ThreeStepAPI, TutorialAPI
+from serving_support import settings
 
 from torchship.cli import main
 from torchship.devices import resolve_device

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import TEXTS, describe, running, settings, wait_ready
 from serving_handlers import MixedDevicesAPI, ThreeStepAPI, TutorialAPI
+from serving_support import TEXTS, describe, running, settings, wait_ready
 
 from torchship.serving import TextClassifierAPI
 from torchship.serving.settings import ModelSettings

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import metric
+from serving_support import metric
 
 from torchship.serving import Server
 from torchship.store import load_package

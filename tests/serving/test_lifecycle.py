@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import describe, settings, wait_until
 from serving_handlers import SlowAPI
+from serving_support import describe, settings, wait_until
 
 from torchship.serving import Server, ServerThread
 from torchship.serving.settings import default_workers

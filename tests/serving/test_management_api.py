@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import publish_classifier, running, settings, wait_ready, wait_until
+from serving_support import publish_classifier, running, settings, wait_ready, wait_until
 
 from torchship.serving import Server
 from torchship.store import ModelStore, load_package

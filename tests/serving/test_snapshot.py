@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import describe, publish_classifier, running, settings, wait_ready
+from serving_support import describe, publish_classifier, running, settings, wait_ready
 
 from torchship.errors import ConfigError
 from torchship.serving.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot

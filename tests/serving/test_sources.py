@@ -7,7 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import publish_classifier
+from serving_support import publish_classifier
 
 from torchship.errors import NotFoundError, UserInputError
 from torchship.serving import TextClassifierAPI

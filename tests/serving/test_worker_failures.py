@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import describe, running, settings, wait_until
 from serving_handlers import BrokenLoadAPI, ExitOnLoadAPI, HangOnLoadAPI, SlowAPI
+from serving_support import describe, running, settings, wait_until
 
 from torchship.serving import ModelAPI, Server
 
