@@ -67,7 +67,8 @@ class ModelAPI:
 
     ``ModelAPI(model_path=..., name=..., **settings)``: ``settings`` are :class:`ModelSettings` fields
     (``batch_size``, ``max_batch_delay``, ``workers``, ``job_queue_size``, ``response_timeout``,
-    ``torch_threads``, ``device``), checked here so a typo fails at once and not in a worker.
+    ``startup_timeout``, ``torch_threads``, ``device``), checked here so a typo fails at once and not in a
+    worker.
     """
 
     inference_calls_steps: ClassVar[bool | None] = None
