@@ -139,6 +139,7 @@ class WorkerPool:
             "this slow on purpose, raise startup_timeout (--startup_timeout, or the register API's parameter)"
         )
         logger.error("%s version %s: %s", self.api.name, self.version, self.load_error)
+        worker.state = WorkerState.STOPPING  # a "ready" already on its way is ignored
         worker.kill()  # its exit (via the sentinel) reports the failure and schedules the retry
 
     def _on_message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
