@@ -56,6 +56,8 @@ def test_torchship_serve_command_serves_a_store_and_stops_on_sigint(store_root: 
         "0",
         "--batch_size",
         "8",
+        "--startup_timeout",
+        "90",
     ]
     log = (tmp_path / "stderr.log").open("w")  # a file, not a pipe nobody reads: a full pipe would block it
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
@@ -77,7 +79,7 @@ def test_torchship_serve_command_serves_a_store_and_stops_on_sigint(store_root: 
         assert response.status_code == 200, response.text
         management = printed[1].split()[-1]
         [described] = httpx.get(f"{management}/models/news").json()
-        assert described["batchSize"] == 8
+        assert (described["batchSize"], described["startupTimeout"]) == (8, 90)
         # The default number of workers: one per core (at most 4) on a machine without a GPU, for the
         # latest version; one for older versions.
         assert described["minWorkers"] == default_workers() >= 1
