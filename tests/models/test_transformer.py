@@ -26,6 +26,7 @@ FLAVOURS = {
     },
 }
 FUSED_LAYER_OP = "aten::_transformer_encoder_layer_fwd"
+SDPA_OP = "aten::scaled_dot_product_attention"
 
 
 def make_model(seed: int = 0, **overrides: object) -> TransformerClassifier:
@@ -87,21 +88,37 @@ def test_integer_mask_gives_the_same_logits_as_a_bool_mask() -> None:
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_inference_takes_the_fused_fast_path(flavour: str) -> None:
+def test_cpu_inference_runs_sdpa_and_gives_the_fused_fast_paths_logits(flavour: str) -> None:
     model = make_model(**FLAVOURS[flavour])
     batch = pad([[2, 7, 11, 13, 3], [2, 5, 3]], 5)
     with torch.inference_mode():
-        fast_ops = ops_run(lambda: model(*batch))
-        fast = model(*batch)
+        sdpa_ops = ops_run(lambda: model(*batch))
+        sdpa = model(*batch)
+        model.cpu_sdpa = False  # the module itself: PyTorch's fused fast path
+        fused_ops = ops_run(lambda: model(*batch))
+        fused = model(*batch)
         with fast_path(False):
             # Negative control: the same probe must not see the fused op when the fast path is off.
-            slow_ops = ops_run(lambda: model(*batch))
-            slow = model(*batch)
-    assert FUSED_LAYER_OP in fast_ops
-    assert FUSED_LAYER_OP not in slow_ops
+            regular_ops = ops_run(lambda: model(*batch))
+            regular = model(*batch)
+    assert SDPA_OP in sdpa_ops
+    assert FUSED_LAYER_OP not in sdpa_ops
+    assert FUSED_LAYER_OP in fused_ops
+    assert FUSED_LAYER_OP not in regular_ops
     if flavour == "post-norm":  # nested tensors skip the padding; PyTorch allows them for post-norm only
-        assert "aten::_nested_tensor_from_mask" in fast_ops
-    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+        assert "aten::_nested_tensor_from_mask" in fused_ops
+    torch.testing.assert_close(sdpa, fused, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(regular, fused, atol=1e-5, rtol=1e-5)
+
+
+def test_forward_hooks_on_the_encoder_see_every_inference_call() -> None:
+    model = make_model()
+    seen: list[int] = []
+    model.encoder.layers[1].register_forward_hook(lambda module, args, output: seen.append(output.size(0)))
+    with torch.inference_mode():
+        ops = ops_run(lambda: model(*pad([[2, 7, 3], [2, 3]], 3)))
+    assert seen == [2]  # the module ran, so the hook did
+    assert FUSED_LAYER_OP in ops
 
 
 def test_training_mode_takes_the_differentiable_path() -> None:
