@@ -111,14 +111,16 @@ def test_cpu_inference_runs_sdpa_and_gives_the_fused_fast_paths_logits(flavour: 
     torch.testing.assert_close(regular, fused, atol=1e-5, rtol=1e-5)
 
 
-def test_forward_hooks_on_the_encoder_see_every_inference_call() -> None:
+@pytest.mark.parametrize("hooked", ["layer", "attention", "dropout"])
+def test_forward_hooks_on_the_encoder_see_every_inference_call(hooked: str) -> None:
     model = make_model()
+    layer = model.encoder.layers[1]
+    module = {"layer": layer, "attention": layer.self_attn, "dropout": layer.dropout1}[hooked]
     seen: list[int] = []
-    model.encoder.layers[1].register_forward_hook(lambda module, args, output: seen.append(output.size(0)))
+    module.register_forward_hook(lambda module, args, output: seen.append(len(args)))
     with torch.inference_mode():
-        ops = ops_run(lambda: model(*pad([[2, 7, 3], [2, 3]], 3)))
-    assert seen == [2]  # the module ran, so the hook did
-    assert FUSED_LAYER_OP in ops
+        model(*pad([[2, 7, 3], [2, 3]], 3))
+    assert len(seen) == 1  # the module ran, so its hook did
 
 
 def test_training_mode_takes_the_differentiable_path() -> None:

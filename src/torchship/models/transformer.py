@@ -249,14 +249,25 @@ class TransformerClassifier(nn.Module):
 
     def _sdpa_applies(self, x: Tensor) -> bool:
         """True for inference on the CPU through plain encoder layers without hooks (module docstring)."""
-        if not self.cpu_sdpa or x.device.type != "cpu" or torch.is_grad_enabled() or self.encoder.training:
+        encoder = self.encoder
+        if not self.cpu_sdpa or x.device.type != "cpu" or torch.is_grad_enabled() or encoder.training:
             return False
-        for layer in self.encoder.layers:
+        # Hooks matter on the modules this path does not call: the encoder, its layers, their attention,
+        # its output projection and the dropouts (the norms and feed-forward linears are called, hooks
+        # and all).
+        bypassed: list[nn.Module] = [encoder]
+        for layer in encoder.layers:
             if type(layer) is not nn.TransformerEncoderLayer or layer.training:
                 return False
-        return not any(
-            module._forward_hooks or module._forward_pre_hooks for module in self.encoder.modules()
-        )
+            bypassed += (
+                layer,
+                layer.self_attn,
+                layer.self_attn.out_proj,
+                layer.dropout,
+                layer.dropout1,
+                layer.dropout2,
+            )
+        return not any(module._forward_hooks or module._forward_pre_hooks for module in bypassed)
 
     def _encode_sdpa(self, x: Tensor, padding: Tensor) -> Tensor:
         """What each ``nn.TransformerEncoderLayer`` computes in eval mode, with its own weights, attention
