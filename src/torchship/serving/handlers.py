@@ -42,9 +42,12 @@ class TextClassifierAPI(ModelAPI):
 
     inference_calls_steps = False
     # Measured on the demo-sized model, 1 thread (benchmarks/serve.py's model): per-sample cost grows with
-    # the padded tokens of a forward call past about a thousand (attention is quadratic and stops fitting
-    # in cache). 32 BBC articles (~400 tokens) in one call ran at 26/s, one or two per call at 44/s; 64
-    # 16-token texts ran best in one call (~2300/s). So a call gets at most max_tokens padded tokens.
+    # the padded tokens of a forward call past a few thousand (attention is quadratic and stops fitting
+    # in cache). With the fused encoder kernel, 32 BBC articles (~400 tokens) in one call ran at 26/s, one
+    # or two per call at 44/s; 64 16-token texts ran best in one call (~2300/s). Rechecked after the CPU
+    # moved to SDPA (2026-12-04, batches of 32 articles, texts/s by cap): 512: 128, 1,024: 135, 2,048: 140,
+    # 4,096: 119, 16,384: 123; 64-word texts 896 / 867 / 890 / 726 / 806. 1,024-2,048 are level within the
+    # noise, so the cap stays. A call gets at most max_tokens padded tokens.
     max_tokens = 1024
     """Padded tokens per forward call (batch x longest text) on a CPU; a longer text still gets a call of its
     own."""
