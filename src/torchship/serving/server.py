@@ -91,7 +91,7 @@ class Server:
                 # worker count and older ones one worker each: every version stays callable, and a store
                 # of many versions does not multiply the processes (~280 MB each for the demo model).
                 older = int(source.version) < latest[source.name] and defaults.workers is None
-                workers = min(1, defaults.worker_count) if older else defaults.worker_count
+                workers = 1 if older else defaults.worker_count
                 specs.append((self._spec(source, defaults, loaded_at_startup=True), workers))
         for api in self._apis:
             url = str(api.model_path) if api.model_path is not None else ""
