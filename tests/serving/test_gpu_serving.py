@@ -4,6 +4,7 @@ equal to the CPU's. Skipped where torch sees no CUDA GPU (CI has none; run them 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
@@ -32,6 +33,8 @@ def test_the_text_classifier_serves_on_the_gpu_like_on_the_cpu(store_root: Path)
             (f"cuda:{slot % torch.cuda.device_count()}", True, f"gpuId::{slot % torch.cuda.device_count()}")
             for slot in range(2)
         ]
+        # GPU workers keep the default scheduling policy (CPU workers run as SCHED_BATCH).
+        assert [os.sched_getscheduler(w["pid"]) for w in described["workers"]] == [os.SCHED_OTHER] * 2
         with httpx.Client(base_url=server.urls["inference"], timeout=60) as client:
             answers = [client.post("/predictions/news/1", json={"text": text}).json() for text in TEXTS]
     for answer, want in zip(answers, expected, strict=True):

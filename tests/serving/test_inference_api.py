@@ -4,6 +4,7 @@ shapes, the batch contract, and every error status a client can cause."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving_support import metric
+from serving_support import describe, metric
 
 from torchship.serving import Server
 from torchship.store import load_package
@@ -195,6 +196,18 @@ def test_metrics_are_exact_with_several_worker_processes(server: Server, client:
     after = [metric(server, name, **extra, **labels) for name, extra in names]
     assert [a - b for a, b in zip(after, before, strict=True)] == [sent] * len(names)
     assert metric(server, "torchship_workers", **labels) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="scheduling policies are Linux's")
+def test_cpu_workers_run_every_thread_as_sched_batch(server: Server) -> None:
+    # The HTTP process keeps the default policy and wins the core on a wake-up (worker_process.py says why).
+    workers = describe(server, "/models/echo2")[0]["workers"]
+    assert len(workers) == 2
+    for worker in workers:
+        threads = [int(tid) for tid in os.listdir(f"/proc/{worker['pid']}/task")]
+        want = os.SCHED_BATCH if worker["device"] == "cpu" else os.SCHED_OTHER
+        assert [os.sched_getscheduler(tid) for tid in threads] == [want] * len(threads)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
 def test_pipelined_requests_100_continue_and_close_on_one_connection(server: Server) -> None:
