@@ -44,13 +44,13 @@ def test_minilm_reproduces_bert_hidden_states(
     assert ids == SENTENCE_IDS
     previous = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(path != "regular")
-    model.cpu_sdpa = path == "sdpa"  # else the module: PyTorch's fused fast path, or its regular path
+    model.sdpa_inference = path == "sdpa"  # else the module: PyTorch's fused fast path, or its regular path
     try:
         with torch.inference_mode():
             embedding = mean_embedding(model, torch.tensor([ids]))
     finally:
         torch.backends.mha.set_fastpath_enabled(previous)
-        del model.cpu_sdpa  # back to the class default
+        del model.sdpa_inference  # back to the class default
     torch.testing.assert_close(embedding[:8], torch.tensor(REFERENCE_HEAD), atol=1e-4, rtol=0)
     torch.testing.assert_close(embedding[100:104], torch.tensor(REFERENCE_100), atol=1e-4, rtol=0)
     assert embedding.norm().item() == pytest.approx(REFERENCE_NORM, abs=1e-4)

@@ -87,14 +87,22 @@ def test_integer_mask_gives_the_same_logits_as_a_bool_mask() -> None:
         torch.testing.assert_close(model(input_ids, attention_mask.long()), model(input_ids, attention_mask))
 
 
+CUDA = pytest.param(
+    "cuda",
+    marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")],
+)
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_cpu_inference_runs_sdpa_and_gives_the_fused_fast_paths_logits(flavour: str) -> None:
-    model = make_model(**FLAVOURS[flavour])
-    batch = pad([[2, 7, 11, 13, 3], [2, 5, 3]], 5)
+def test_inference_runs_sdpa_and_gives_the_fused_fast_paths_logits(flavour: str, device: str) -> None:
+    model = make_model(**FLAVOURS[flavour]).to(device)
+    batch = tuple(tensor.to(device) for tensor in pad([[2, 7, 11, 13, 3], [2, 5, 3]], 5))
     with torch.inference_mode():
+        exact = make_model(**FLAVOURS[flavour]).double()(*(tensor.cpu() for tensor in batch))
         sdpa_ops = ops_run(lambda: model(*batch))
         sdpa = model(*batch)
-        model.cpu_sdpa = False  # the module itself: PyTorch's fused fast path
+        model.sdpa_inference = False  # the module itself: PyTorch's fused fast path
         fused_ops = ops_run(lambda: model(*batch))
         fused = model(*batch)
         with fast_path(False):
@@ -107,8 +115,9 @@ def test_cpu_inference_runs_sdpa_and_gives_the_fused_fast_paths_logits(flavour: 
     assert FUSED_LAYER_OP not in regular_ops
     if flavour == "post-norm":  # nested tensors skip the padding; PyTorch allows them for post-norm only
         assert "aten::_nested_tensor_from_mask" in fused_ops
-    torch.testing.assert_close(sdpa, fused, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(regular, fused, atol=1e-5, rtol=1e-5)
+    # The fused kernel on a GPU is the least exact of the three (4.7e-4 on the demo model; see the module).
+    for logits, tolerance in ((sdpa, 1e-5), (regular, 1e-5), (fused, 1e-5 if device == "cpu" else 1e-3)):
+        torch.testing.assert_close(logits.cpu().double(), exact, atol=tolerance, rtol=0)
 
 
 @pytest.mark.parametrize("hooked", ["layer", "attention", "dropout"])

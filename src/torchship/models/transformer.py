@@ -11,18 +11,18 @@ Token and position embeddings feed PyTorch's ``nn.TransformerEncoder``; the enco
     >>> logits.shape
     torch.Size([2, 3])
 
-Inference picks the faster of two paths, with the same results (to ~1e-6 on the demo model):
+Inference computes the encoder layers with ``F.scaled_dot_product_attention`` (:meth:`_encode_sdpa`: each
+``nn.TransformerEncoderLayer``'s own weights, the same results) on the CPU and on CUDA GPUs, rather than
+PyTorch's fused encoder fast path, because there it measured faster. The module is still kept in the shape
+the fast path asks for (``batch_first``, one fused self-attention, relu/gelu, equal LayerNorm eps, an even
+``n_heads``), so ``TransformerClassifier.sdpa_inference = False`` gives that path back: ``eval()`` with
+gradients off then runs the fused ``_transformer_encoder_layer_fwd`` kernel, and post-norm encoders skip
+the padding with nested tensors. Why not the fused kernel:
 
-* **On a GPU, PyTorch's encoder fast path.** The module is kept in the shape that path asks for
-  (``batch_first``, one fused self-attention, relu/gelu, equal LayerNorm eps, an even ``n_heads``), so
-  ``eval()`` with gradients off runs the fused ``_transformer_encoder_layer_fwd`` kernel, and post-norm
-  encoders skip the padding with nested tensors. ``torch.backends.mha.set_fastpath_enabled(False)``
-  switches it off for the whole process.
-* **On the CPU, the same layers computed with ``F.scaled_dot_product_attention``** (:meth:`_encode_sdpa`),
-  because there the fused kernel is the slower one. Its attention materialises a masked softmax where
-  SDPA has a flash-attention kernel, and the module re-checks some twenty fast-path conditions per layer
-  in Python on every call. Measured with torch 2.13 on the 2-core machine (2026-12-04), encoder only,
-  demo model (2 layers, width 128), one thread, us per call, fused kernel -> SDPA:
+* **CPU.** Its attention materialises a masked softmax where SDPA has a flash-attention kernel, and the
+  module re-checks some twenty fast-path conditions per layer in Python on every call. Measured with torch
+  2.13 on the 2-core machine (2026-12-04), encoder only, demo model (2 layers, width 128), one thread, us
+  per call, fused kernel -> SDPA:
 
       tokens   batch 1             batch 8               batch 32
       16       701 -> 533          2,107 -> 1,759        6,214 -> 5,270
@@ -32,10 +32,17 @@ Inference picks the faster of two paths, with the same results (to ~1e-6 on the 
   With two threads the picture is the same but for 16 tokens x 32 (2,863 -> 3,012 us). all-MiniLM-L6-v2
   (6 post-norm layers, width 384, two threads, batch 8): 32 tokens 69 -> 70 ms, 128 tokens 266 -> 198 ms,
   512 tokens 1,428 -> 1,006 ms, nested tensors included on the fused side.
+* **CUDA.** Measured on one H200 with torch 2.11 (2026-12-04), fp32, whole model, BBC texts padded to the
+  longest of each batch, texts/s, SDPA / fused: the demo model 1.06-1.28x faster at batches 1, 32 and 128
+  of articles and of 12-word texts; all-MiniLM-L6-v2 1.66-1.95x on 12-word texts and 2.45x on single
+  articles, but 0.91x and 0.77x on batches of 32 and 128 whole articles, where nested tensors skip much
+  padding (the server's batches group similar lengths, which leaves less of it). The fused kernel was
+  also the less exact one there: largest logit error against a float64 CPU run 4.7e-4 (demo) and 1.2e-4
+  (MiniLM), against 9.5e-7 and 6.5e-8 for SDPA.
 
 Training (or any call with gradients on) always runs the module itself, and so does a model whose encoder
-has forward hooks or was wrapped (FSDP, say), so that hooks and wrappers see the calls they expect;
-``TransformerClassifier.cpu_sdpa = False`` gives the CPU the module too.
+has forward hooks or was wrapped (FSDP, say), so that hooks and wrappers see the calls they expect; other
+devices (``mps``) run the module too.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ from torch import Tensor, nn
 from torchship.errors import ConfigError, UserInputError
 
 __all__ = ["Activation", "Pooling", "Positional", "TransformerClassifier", "TransformerConfig"]
+
+_SDPA_DEVICES = frozenset({"cpu", "cuda"})  # where inference runs _encode_sdpa (module docstring)
 
 Pooling = Literal["mean", "cls"]
 Positional = Literal["sinusoidal", "learned"]
@@ -170,9 +179,9 @@ class SinusoidalEmbedding(nn.Module):
 class TransformerClassifier(nn.Module):
     """Embeddings, ``nn.TransformerEncoder``, pooling and a linear head: token ids in, logits out."""
 
-    cpu_sdpa = True
-    """Inference on the CPU through :meth:`_encode_sdpa` (see the module docstring); False runs the module,
-    and so PyTorch's fused fast path, on the CPU too. Set it on the class or on one model."""
+    sdpa_inference = True
+    """Inference on a CPU or CUDA GPU through :meth:`_encode_sdpa` (see the module docstring); False runs
+    the module, and so PyTorch's fused fast path. Set it on the class or on one model."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
@@ -248,9 +257,12 @@ class TransformerClassifier(nn.Module):
         return hidden
 
     def _sdpa_applies(self, x: Tensor) -> bool:
-        """True for inference on the CPU through plain encoder layers without hooks (module docstring)."""
+        """True for inference on a CPU or CUDA GPU through plain encoder layers without hooks (module
+        docstring)."""
         encoder = self.encoder
-        if not self.cpu_sdpa or x.device.type != "cpu" or torch.is_grad_enabled() or encoder.training:
+        if not self.sdpa_inference or x.device.type not in _SDPA_DEVICES or torch.is_grad_enabled():
+            return False
+        if encoder.training:
             return False
         # Hooks matter on the modules this path does not call: the encoder, its layers, their attention,
         # its output projection and the dropouts (the norms and feed-forward linears are called, hooks
