@@ -54,7 +54,7 @@ class ModelSettings:
     * 2-core CPU: +13% requests/s at concurrency 8 and +19% at 32 (the CPUs sat ~40% idle while a
       half-full batch waited out the delay, ~20% at 0), the same at 64 (-1% over 18 rounds; whole
       articles -1%); 1 ms idled like 5 ms at 32 and served 11% less than 0;
-    * one H200: +16%, +21% and +12% at 8, 32 and 64; -4% at 256.
+    * one H200: +17%, +22% and +12% at 8, 32 and 64; -4% at 256.
 
     A wait pays only where a fuller batch costs hardly more and the load is heavy. With one worker (the
     default on a machine with one GPU) the delay never applies."""
