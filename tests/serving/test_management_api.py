@@ -51,9 +51,21 @@ def infer(server: Server) -> Iterator[httpx.Client]:
         yield client
 
 
-def test_list_models_pages_like_torchserve(manage: httpx.Client) -> None:
+def test_list_models_pages_like_torchserve(manage: httpx.Client, shared_server: Server) -> None:
     assert manage.get("/models").json() == {"models": [{"modelName": "news", "modelUrl": "news/2"}]}
     assert manage.get("/models?limit=abc").status_code == 400
+    # Paging over the shared server's models, two at a time: tokens as strings, first in the body.
+    with httpx.Client(base_url=shared_server.urls["management"], timeout=60) as client:
+        pages, token = [], "0"
+        while token is not None:
+            body = client.get("/models", params={"limit": 2, "next_page_token": token}).json()
+            assert len(body["models"]) == 2 or "nextPageToken" not in body
+            pages.append([model["modelName"] for model in body["models"]])
+            token = body.get("nextPageToken")
+            assert token is None or next(iter(body)) == "nextPageToken"
+        everything = client.get("/models").json()["models"]
+    assert [name for page in pages for name in page] == [model["modelName"] for model in everything]
+    assert len(pages) == (len(everything) + 1) // 2 and len(everything) > 2
 
 
 def test_describe_model_version_and_all(manage: httpx.Client) -> None:
@@ -181,28 +193,43 @@ def test_register_refuses_symlink_escapes_and_zip_slip(
     assert not (store.parent / "escaped.txt").exists()
 
 
+def test_register_refuses_negative_initial_workers(manage: httpx.Client) -> None:
+    before = manage.get("/models/news/all").json()
+    response = manage.post("/models?url=news/1&initial_workers=-3")
+    assert response.status_code == 400
+    assert "initial_workers must be 0 or more, got -3" in response.json()["message"]
+    assert len(manage.get("/models/news/all").json()) == len(before)
+
+
 def test_unregister_a_version_under_load_fails_no_request(manage: httpx.Client, infer: httpx.Client) -> None:
     manage.put("/models/news/2/set-default")
-    failures: list[int] = []
+    # Two clients on the default version, two on the version being unregistered, all busy before it goes.
+    paths = ["/predictions/news", "/predictions/news", "/predictions/news/1", "/predictions/news/1"]
+    statuses: list[list[int]] = [[] for _ in paths]
     done = threading.Event()
 
-    def load() -> None:
+    def load(client_index: int) -> None:
         with httpx.Client(base_url=str(infer.base_url), timeout=120) as client:
             while not done.is_set():
-                status = client.post("/predictions/news", json={"text": "the match"}).status_code
-                if status != 200:
-                    failures.append(status)
+                response = client.post(paths[client_index], json={"text": "the match"})
+                statuses[client_index].append(response.status_code)
 
-    threads = [threading.Thread(target=load) for _ in range(4)]
+    threads = [threading.Thread(target=load, args=(index,)) for index in range(len(paths))]
     for thread in threads:
         thread.start()
+    wait_until(lambda: all(len(seen) >= 10 for seen in statuses), 60, "load on both versions")
 
     response = manage.delete("/models/news/1")
     done.set()
     for thread in threads:
         thread.join()
     assert response.json() == {"status": 'Model "news" unregistered'}
-    assert failures == []
+    assert set(statuses[0] + statuses[1]) == {200}
+    # Each client of the unregistered version: answered until it went, then 404 (never a 5xx or a dropped
+    # request).
+    for seen in statuses[2:]:
+        first_404 = seen.index(404) if 404 in seen else len(seen)
+        assert set(seen[:first_404]) == {200} and set(seen[first_404:]) <= {404}
     assert infer.post("/predictions/news/1", json={"text": "x"}).status_code == 404
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from serving_handlers import BrokenLoadAPI, ExitOnLoadAPI, HangOnLoadAPI, SlowAPI
-from serving_support import describe, running, settings, wait_until
+from serving_support import describe, metric, running, settings, wait_until
 
 from torchship.serving import ModelAPI, Server
 
@@ -134,6 +134,25 @@ def test_a_full_queue_answers_503_with_retry_after(server: Server, client: httpx
     for thread, _ in queued:
         thread.join()
     assert all(answers[0].status_code == 200 for _, answers in queued)
+
+
+def test_scaling_to_zero_fails_what_waits_and_empties_the_queue_gauge(
+    server: Server, client: httpx.Client
+) -> None:
+    running_one, answers = _in_background(client, "/predictions/tiny", {"sleep": 2})
+    wait_until(lambda: _busy_worker(server, "tiny") is not None, what="the worker to be busy")
+    queued = [_in_background(client, "/predictions/tiny", {}) for _ in range(2)]
+    depth = lambda: metric(server, "torchship_queue_depth", model="tiny", version="1")  # noqa: E731
+    wait_until(lambda: depth() == 2, what="two queued requests")
+    with httpx.Client(base_url=server.urls["management"], timeout=120) as manage:
+        assert manage.put("/models/tiny?min_worker=0&synchronous=true").status_code == 200
+        for thread, _ in queued:
+            thread.join()
+        assert [waiting[0].status_code for _, waiting in queued] == [503, 503]
+        assert depth() == 0
+        running_one.join()
+        assert answers[0].status_code == 200  # the batch already running finished
+        assert manage.put("/models/tiny?min_worker=1&synchronous=true").status_code == 200
 
 
 def test_a_model_that_cannot_load_answers_503_with_the_reason(server: Server, client: httpx.Client) -> None:

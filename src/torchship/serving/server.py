@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from torchship.devices import resolve_device
-from torchship.errors import ConfigError, NotFoundError
+from torchship.errors import ConfigError, NotFoundError, UserInputError
 from torchship.serving.api import ModelAPI
 from torchship.serving.handlers import BUILTIN_HANDLERS
 from torchship.serving.metrics import Metrics
@@ -54,6 +54,10 @@ class Server:
         self.urls: dict[str, str] = {}
         self._apis = list(apis)
         self._packages = list(packages)
+        # Store versions the server has decided about (served, or unregistered since): the snapshot records
+        # them, so that after a restart an unregistered one stays unregistered while a version published
+        # since, or one that could not load before, is served like any new version.
+        self._known_store: dict[str, set[int]] = {}
 
     # ----------------------------------------------------------------------------------- startup
     async def load_initial(self) -> list[ServedVersion]:
@@ -81,6 +85,10 @@ class Server:
         if snapshot is not None:
             specs += [item for entry in snapshot.entries if (item := self._restore(entry)) is not None]
         store_sources = self.sources.store_sources()
+        for name, versions in (snapshot.store_versions if snapshot is not None else {}).items():
+            self._known_store.setdefault(name, set()).update(versions)
+        for source in store_sources:
+            self._known_store.setdefault(source.name, set()).add(int(source.version))
         latest: dict[str, int] = {}
         for source in store_sources:
             latest[source.name] = max(latest.get(source.name, 0), int(source.version))
@@ -119,12 +127,22 @@ class Server:
         next_version = 1 + max(
             (int(v.version) for v in self._versions_of(name) if v.version.isdigit()), default=0
         )
+        if parse_int(params, "initial_workers", 0) < 0:
+            raise UserInputError(
+                f"Parameter initial_workers must be 0 or more, got {params['initial_workers']}; register "
+                "with 0 and use the scale workers API (PUT /models/{model}?min_worker=N) to add workers later"
+            )
         source = await asyncio.to_thread(self.sources.resolve, url, name, next_version)
         settings = self._settings_from(params)
         workers = parse_int(params, "initial_workers", settings.worker_count)
         synchronous = parse_bool(params, "synchronous", False)
-        spec = self._spec(source, settings.replace(workers=max(0, workers)))
-        return await self.registry.register(spec, workers=max(0, workers), synchronous=synchronous), workers
+        spec = self._spec(source, settings.replace(workers=workers))
+        served = await self.registry.register(spec, workers=workers, synchronous=synchronous)
+        in_store = self.sources.store_version(source.path)
+        if in_store is not None:  # a store version is known from now on (after registering: snapshot order)
+            self._known_store.setdefault(in_store[0], set()).add(int(in_store[1]))
+            self.write_snapshot()
+        return served, workers
 
     async def scale(
         self, name: str, version: str | None, workers: int, max_workers: int, *, synchronous: bool
@@ -165,8 +183,7 @@ class Server:
             for name in self.registry.names()
             if self.registry.has_explicit_default(name)
         }
-        store = self.sources.store
-        known = {name: store.versions(name) for name in store.models()} if store is not None else {}
+        known = {name: sorted(versions) for name, versions in sorted(self._known_store.items())}
         write_snapshot(path, Snapshot(entries, defaults, known))
 
     def _spec(self, source: Source, settings: ModelSettings, loaded_at_startup: bool = False) -> VersionSpec:

@@ -85,7 +85,7 @@ class ModelSources:
         config = read_config(path)
         name = validate_name(name or config.name)
         if version is None:
-            in_store = self._store_version(path)
+            in_store = self.store_version(path)
             version = in_store[1] if in_store else str(config.version)
         return Source(path, name, version, _display(path, self.store), self._handler(name, config.handler))
 
@@ -136,7 +136,7 @@ class ModelSources:
 
     def _from_directory(self, path: Path, model_name: str | None) -> Source:
         _refuse_links(path)
-        in_store = self._store_version(path)
+        in_store = self.store_version(path)
         if in_store is not None:
             return self.package(path, model_name, in_store[1])
         if self.store is None:
@@ -169,7 +169,8 @@ class ModelSources:
             return self.package(self.store.path(name, version))
         raise PackageError(f"Could not publish {name}: the store kept changing; try again")
 
-    def _store_version(self, path: Path) -> tuple[str, str] | None:
+    def store_version(self, path: Path) -> tuple[str, str] | None:
+        """``(name, version)`` when ``path`` is a version directory of the store, else None."""
         if self.store is None:
             return None
         root = self.store.root.resolve()

@@ -249,6 +249,7 @@ class ServedVersion:
             return
         for job in self._batcher.clear():
             _fail(job, self._cannot_load(reason))
+        self.metrics.queue_depth.set(0)
         self._notify_drained()
 
     # ---------------------------------------------------------------------------------- lifecycle
@@ -259,6 +260,7 @@ class ServedVersion:
         if workers == 0:  # the workers finish their batches; nobody will take what waits
             for job in self._batcher.clear():
                 _fail(job, self._no_workers())
+            self.metrics.queue_depth.set(0)
             self._notify_drained()
 
     def _cannot_load(self, reason: str) -> ServiceUnavailableError:
