@@ -44,6 +44,7 @@ class Capture:
         json_body: Any = None,
         text: str | None = None,
         limit: int | None = None,
+        shown_data: str | None = None,
     ) -> httpx.Response:
         url = self.server.urls[listener] + path
         headers, content = {}, None
@@ -54,7 +55,9 @@ class Capture:
         response = httpx.request(method, url, headers=headers, content=content, timeout=120)
         shown_url = f"http://127.0.0.1:{DEFAULT_PORTS[listener]}{path}"
         curl = f"curl -X {method} '{shown_url}'" if method != "GET" else f"curl '{shown_url}'"
-        if json_body is not None:
+        if shown_data is not None:  # a body too big to print
+            curl += f" -H 'Content-Type: application/json' --data-binary {shown_data}"
+        elif json_body is not None:
             curl += f" -H 'Content-Type: application/json' -d '{json.dumps(json_body)}'"
         elif text is not None:
             curl += f" -H 'Content-Type: text/plain' -d '{text}'"
@@ -113,6 +116,7 @@ def capture(server: Server, name: str, store: Path) -> str:
         json_body={"text": TEXT, "top_k": 2},
     )
     c.section("Open Inference Protocol v2 (port 8080)")
+    c.call("inference", "GET", "/v2/health/live")
     c.call("inference", "GET", "/v2/health/ready")
     c.call("inference", "GET", "/v2")
     c.call("inference", "GET", f"/v2/models/{name}")
@@ -137,8 +141,9 @@ def capture(server: Server, name: str, store: Path) -> str:
     )
     c.section("Management API (port 8081)")
     c.call("management", "GET", "/models", "List models (`limit`, `next_page_token`).")
-    c.call("management", "GET", "/models?limit=1&next_page_token=0")
-    c.call("management", "GET", f"/models/{name}", "Describe the default version (`/all`: every version).")
+    c.call("management", "GET", f"/models/{name}", "Describe the default version.")
+    c.call("management", "GET", f"/models/{name}/1", "Describe one version.")
+    c.call("management", "GET", f"/models/{name}/all", "Describe every version.")
     c.call(
         "management",
         "POST",
@@ -148,12 +153,22 @@ def capture(server: Server, name: str, store: Path) -> str:
         "`max_batch_delay` (ms), `initial_workers`, `synchronous`, `response_timeout` (s), "
         "`startup_timeout` (s), `job_queue_size`; or the same as a JSON body.",
     )
+    c.call(
+        "management",
+        "POST",
+        f"/models?url={name}/2&model_name={name}-async&initial_workers=1",
+        "Without `synchronous=true` the answer comes at once, while the workers load: 202.",
+    )
+    c.call("management", "GET", "/models?limit=1&next_page_token=0", "A page of one model, and the next.")
+    c.call("management", "GET", "/models?limit=1&next_page_token=1")
     c.call("management", "PUT", f"/models/{name}-copy?min_worker=2&synchronous=true", "Scale workers.")
+    c.call("management", "PUT", f"/models/{name}-copy/1?min_worker=1&synchronous=true", "Scale one version.")
     c.call("management", "PUT", f"/models/{name}-copy?min_worker=1", "Asynchronously: 202.")
     c.call("management", "PUT", f"/models/{name}/1/set-default", "Set the default version.")
     c.call(
         "management", "DELETE", f"/models/{name}-copy/1", "Unregister a version (in-flight requests finish)."
     )
+    c.call("management", "DELETE", f"/models/{name}-async", "Unregister a whole model, every version.")
     c.call("management", "PUT", f"/models/{name}/2/set-default")
     c.section("Metrics (port 8082)")
     c.call(
@@ -173,13 +188,29 @@ def capture(server: Server, name: str, store: Path) -> str:
         "management", "POST", "/models?url=../../etc", "400: paths may not leave the store or model roots."
     )
     c.call("management", "POST", f"/models?url={name}/2", "409: already registered.")
+    c.call(
+        "inference",
+        "POST",
+        f"/predictions/{name}",
+        "413: a body larger than `--max_request_size` (TorchServe's 6.5 MB by default; here 7 MB).",
+        json_body={"text": "word " * 1_400_000},
+        shown_data="@seven-megabytes.json",
+    )
+    manage = server.urls["management"]
+    httpx.put(f"{manage}/models/{name}/1?min_worker=0&synchronous=true", timeout=120).raise_for_status()
+    c.call(
+        "inference",
+        "POST",
+        f"/predictions/{name}/1",
+        "503: a version scaled to 0 workers (`PUT /models/bbc/1?min_worker=0`).",
+        json_body={"text": TEXT},
+    )
+    httpx.put(f"{manage}/models/{name}/1?min_worker=1&synchronous=true", timeout=120).raise_for_status()
     c.parts.append(
-        "\nOther statuses: **413** when a body exceeds `--max_request_size` (TorchServe's 6.5 MB by "
-        "default); "
-        "**503** with `Retry-After` when a version's queue (`job_queue_size`) is full, or when it has no "
-        "worker; **504** when a request waited or ran longer than `response_timeout` (the worker is then "
-        "killed and replaced); **500** when the handler fails (the message names the handler and step) or "
-        "its worker died.\n"
+        "\nOther statuses: **503** with `Retry-After` when a version's queue (`job_queue_size`) is full; "
+        "**504** when a request waited or ran longer than `response_timeout` (the worker is then killed and "
+        "replaced); **500** when the handler fails (the message names the handler and step) or its worker "
+        "died. The tests in `tests/serving` provoke each of them against a real server.\n"
     )
     return "".join(c.parts)
 
