@@ -138,9 +138,10 @@ class Server:
         synchronous = parse_bool(params, "synchronous", False)
         spec = self._spec(source, settings.replace(workers=workers))
         served = await self.registry.register(spec, workers=workers, synchronous=synchronous)
-        in_store = self.sources.store_version(source.path)
-        if in_store is not None:  # a store version is known from now on (after registering: snapshot order)
-            self._known_store.setdefault(in_store[0], set()).add(int(in_store[1]))
+        if self.sources.store_version(source.path) == (source.name, source.version):
+            # A store version registered under its own name is decided about from now on: one unregistered
+            # later stays unregistered after a restart. (The registry wrote the snapshot before this.)
+            self._known_store.setdefault(source.name, set()).add(int(source.version))
             self.write_snapshot()
         return served, workers
 
