@@ -202,7 +202,7 @@ def capture(server: Server, name: str, store: Path) -> str:
         "inference",
         "POST",
         f"/predictions/{name}/1",
-        "503: a version scaled to 0 workers (`PUT /models/bbc/1?min_worker=0`).",
+        f"503: a version scaled to 0 workers (`PUT /models/{name}/1?min_worker=0`).",
         json_body={"text": TEXT},
     )
     httpx.put(f"{manage}/models/{name}/1?min_worker=1&synchronous=true", timeout=120).raise_for_status()

@@ -127,14 +127,14 @@ class Server:
         next_version = 1 + max(
             (int(v.version) for v in self._versions_of(name) if v.version.isdigit()), default=0
         )
-        if parse_int(params, "initial_workers", 0) < 0:
-            raise UserInputError(
-                f"Parameter initial_workers must be 0 or more, got {params['initial_workers']}; register "
-                "with 0 and use the scale workers API (PUT /models/{model}?min_worker=N) to add workers later"
-            )
-        source = await asyncio.to_thread(self.sources.resolve, url, name, next_version)
         settings = self._settings_from(params)
         workers = parse_int(params, "initial_workers", settings.worker_count)
+        if workers < 0:
+            raise UserInputError(
+                f"Parameter initial_workers must be 0 or more, got {workers}; register with 0 and use the "
+                "scale workers API (PUT /models/{model}?min_worker=N) to add workers later"
+            )
+        source = await asyncio.to_thread(self.sources.resolve, url, name, next_version)
         synchronous = parse_bool(params, "synchronous", False)
         spec = self._spec(source, settings.replace(workers=workers))
         served = await self.registry.register(spec, workers=workers, synchronous=synchronous)
