@@ -30,8 +30,9 @@ TEXTS = [
 ]
 
 
-def publish_classifier(root: Path, name: str, seed: int) -> int:
-    """Publish a small untrained classifier (weights from ``seed``) as the next version of ``name``."""
+def publish_classifier(root: Path, name: str, seed: int, **windows: Any) -> int:
+    """Publish a small untrained classifier (weights from ``seed``) as the next version of ``name``;
+    ``windows`` sets PackageConfig's ``long_texts`` and ``window_overlap``."""
     tokenizer = train_tokenizer(TEXTS * 3, vocab_size=120, max_length=48)
     torch.manual_seed(seed)
     config = TransformerConfig(
@@ -46,7 +47,14 @@ def publish_classifier(root: Path, name: str, seed: int) -> int:
     model = TransformerClassifier(config).eval()
     store = ModelStore(root)
     version = (store.latest(name) or 0) + 1
-    package = PackageConfig(name=name, version=version, labels=LABELS, model=config, max_length=48)
+    package = PackageConfig(
+        name=name,
+        version=version,
+        labels=LABELS,
+        model=config,
+        max_length=windows.pop("max_length", 48),
+        **windows,
+    )
     return store.publish(
         name,
         lambda tmp: write_package(tmp, config=package, state_dict=model.state_dict(), tokenizer=tokenizer),

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from serving_support import publish_classifier
 
+from torchship.data.tokenizer import pad_token_ids
+from torchship.data.windows import split_windows
 from torchship.errors import UserInputError
 from torchship.serving import TextClassifierAPI
 from torchship.serving.handlers import plan_groups
@@ -51,3 +55,28 @@ def test_groups_limit_padding_and_tokens_per_call() -> None:
 def test_signature_names_the_labels_without_loading(store_root: Path) -> None:
     signature = TextClassifierAPI(model_path=store_root / "news" / "1").signature()
     assert signature["outputs"][2]["shape"] == [-1, 3]
+
+
+def test_windows_package_averages_every_window_of_a_long_text(tmp_path: Path) -> None:
+    publish_classifier(tmp_path, "long", seed=3, long_texts="windows", max_length=8, window_overlap=2)
+    api = TextClassifierAPI(model_path=tmp_path / "long" / "1")
+    api.setup()
+    long_text = (
+        "the team won the cup final with a late goal and the coach praised his players after the match"
+    )
+    texts = [long_text, "a goal", long_text + " shares in the bank rose", "software"]
+
+    answers = api.predict([{"text": t} for t in texts])
+
+    package = load_package(tmp_path / "long" / "1")
+    for text, answer in zip(texts, answers, strict=True):
+        windows = split_windows(package.tokenizer.encode(text).ids, 8, 2)
+        assert (len(windows) > 1) == (text not in ("a goal", "software"))
+        ids, mask = pad_token_ids(windows, package.config.model.pad_id)
+        with torch.inference_mode():
+            expected = torch.softmax(package.model(ids, mask).mean(dim=0), dim=-1)
+        assert answer["probabilities"] == pytest.approx(
+            {label: float(p) for label, p in zip(package.labels, expected, strict=True)}, abs=1e-5
+        )
+    expected_rows = package.predict_proba(texts)
+    assert [a["score"] for a in answers] == pytest.approx(expected_rows.max(dim=1).values.tolist(), abs=1e-5)

@@ -104,3 +104,27 @@ def test_mismatched_labels_are_a_config_error(tokenizer: Tokenizer) -> None:
     config = TransformerConfig(vocab_size=10, num_classes=3, d_model=8, n_heads=2, n_layers=1, d_ff=8)
     with pytest.raises(ConfigError, match="num_classes"):
         PackageConfig(name="x", version=1, labels=("a", "b"), model=config, max_length=8)
+
+
+def test_window_settings_round_trip_and_older_packages_truncate(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    path, _ = _package(tmp_path, tokenizer)
+    data = json.loads((path / "config.json").read_text())
+    assert (data["long_texts"], data["window_overlap"]) == ("truncate", 0)
+    # A package written before windows existed has neither key: it truncates, as it always did.
+    del data["long_texts"], data["window_overlap"]
+    (path / "config.json").write_text(json.dumps(data))
+    assert read_config(path).long_texts == "truncate"
+    long_text = " ".join(TEXTS * 4)  # over 32 tokens
+    assert len(load_package(path).tokenizer.encode(long_text).ids) == 32
+
+    data.update(long_texts="windows", window_overlap=4)
+    (path / "config.json").write_text(json.dumps(data))
+    package = load_package(path)
+    assert (package.config.long_texts, package.config.window_overlap) == ("windows", 4)
+    assert len(package.tokenizer.encode(long_text).ids) > 32  # windows need every token
+    assert PackageConfig.from_dict(package.config.to_dict()) == package.config
+
+    data["window_overlap"] = 30
+    (path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(PackageError, match=r"window_overlap: at most max_length - 3 = 29"):
+        read_config(path)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from torchship.data.datamodule import DataConfig
-from torchship.data.tokenizer import encode_texts
+from torchship.data.datamodule import DataConfig, TextClassificationDataModule
+from torchship.data.tokenizer import encode_texts, pad_token_ids
+from torchship.data.windows import split_windows
 from torchship.errors import ConfigError, VersionExistsError
 from torchship.store import ModelStore, load_package
 from torchship.training import ModelOptions, OptimOptions, train
@@ -174,3 +176,68 @@ def test_fine_tuning_minilm_publishes_its_own_tokenizer(topics_csv: Path, tmp_pa
     with torch.inference_mode():
         expected = torch.softmax(result.model(ids, mask), dim=-1)
     torch.testing.assert_close(package.predict_proba(texts), expected)
+
+
+def _late_topic_rows(per_class: int = 60) -> list[tuple[str, str]]:
+    """Texts whose topic words all come after 30 filler words: invisible to a model reading 16 tokens."""
+    rng = random.Random(0)
+    topics = {
+        "money": ["bank", "shares", "profit"],
+        "sport": ["goal", "match", "coach"],
+        "tech": ["chip", "code"],
+    }
+    filler = ["the", "a", "of", "and", "to", "in", "is", "was", "on", "for", "with", "it", "by", "at"]
+    rows = [
+        (" ".join([*(rng.choice(filler) for _ in range(30)), *(rng.choice(words) for _ in range(4))]), label)
+        for label, words in topics.items()
+        for _ in range(per_class)
+    ]
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.mark.slow
+def test_windows_read_the_whole_text_and_the_package_predicts_as_it_was_scored(tmp_path: Path) -> None:
+    csv = tmp_path / "late.csv"
+    csv.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in _late_topic_rows()))
+    common = {"vocab_size": 200, "max_length": 16, "batch_size": 16}
+    runs = {
+        mode: train(
+            DataConfig(str(csv), long_texts=mode, window_overlap=4, **common),  # type: ignore[arg-type]
+            store=tmp_path / "models",
+            name=mode,
+            model=TINY_MODEL,
+            optim=OptimOptions(lr=5e-3),
+            trainer=_trainer(tmp_path / mode, max_epochs=6),
+        )
+        for mode in ("truncate", "windows")
+    }
+
+    # Truncated to 16 tokens the topic words are never seen; read as windows they decide.
+    assert runs["truncate"].metrics["test"]["accuracy"] <= 0.6
+    windows = runs["windows"]
+    assert windows.metrics["test"]["accuracy"] >= 0.9
+    assert windows.path is not None and windows.model is not None
+    package = load_package(windows.path)
+    assert (package.config.long_texts, package.config.window_overlap, package.config.max_length) == (
+        "windows",
+        4,
+        16,
+    )
+    assert "windows of 16 tokens" in (windows.path / "card.md").read_text()
+
+    # The package's predictions: each text's windows through the trained network, logits averaged ...
+    test = TextClassificationDataModule(DataConfig(str(csv), long_texts="windows", **common)).test
+    texts = [example.text for example in test]
+    probabilities = package.predict_proba(texts)
+    for text, row in zip(texts[:5], probabilities, strict=False):
+        cut = split_windows(package.tokenizer.encode(text).ids, 16, 4)
+        assert len(cut) > 1
+        ids, mask = pad_token_ids(cut, package.config.model.pad_id)
+        with torch.inference_mode():
+            expected = torch.softmax(windows.model(ids, mask).mean(dim=0), dim=-1)
+        torch.testing.assert_close(row, expected)
+    # ... and exactly what metrics.json scored: evaluation and prediction read texts the same way.
+    predicted = [package.labels[i] for i in probabilities.argmax(dim=1).tolist()]
+    accuracy = sum(p == e.label for p, e in zip(predicted, test, strict=True)) / len(test)
+    assert accuracy == pytest.approx(windows.metrics["test"]["accuracy"])

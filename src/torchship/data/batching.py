@@ -24,7 +24,14 @@ from torch.utils.data import BatchSampler, Dataset, Sampler
 
 from torchship.data.tokenizer import pad_token_ids
 
-__all__ = ["LengthGroupedBatchSampler", "TokenizedDataset", "collate_batch", "padding_fraction"]
+__all__ = [
+    "LengthGroupedBatchSampler",
+    "TokenizedDataset",
+    "WindowedDataset",
+    "collate_batch",
+    "collate_windows",
+    "padding_fraction",
+]
 
 
 class TokenizedDataset(Dataset[tuple[list[int], int]]):
@@ -42,6 +49,40 @@ class TokenizedDataset(Dataset[tuple[list[int], int]]):
 
     def __getitem__(self, index: int) -> tuple[list[int], int]:
         return self.token_ids[index], self.labels[index]
+
+
+class WindowedDataset(Dataset[tuple[list[list[int]], int]]):
+    """Texts read as windows (:mod:`torchship.data.windows`) and label indices; item ``i`` is
+    ``(windows, label_index)``, so a batch always holds every window of its texts. ``lengths`` are the
+    texts' tokens over all their windows, what evaluation batches are sorted by."""
+
+    def __init__(self, windows: Sequence[list[list[int]]], labels: Sequence[int]) -> None:
+        if len(windows) != len(labels):
+            raise ValueError(f"{len(windows)} windowed texts but {len(labels)} labels")
+        self.windows = list(windows)
+        self.labels = list(labels)
+        self.lengths = [sum(len(ids) for ids in text) for text in self.windows]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> tuple[list[list[int]], int]:
+        return self.windows[index], self.labels[index]
+
+
+def collate_windows(items: Sequence[tuple[list[list[int]], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Every window of the batch's texts, padded: ``input_ids`` (W, T), ``attention_mask`` (W, T),
+    ``text_index`` (W,) int64 (which text each window is from) and ``labels`` (B,) per text."""
+    windows = [ids for text, _ in items for ids in text]
+    input_ids, attention_mask = pad_token_ids(windows, pad_id)
+    text_index = torch.tensor([k for k, (text, _) in enumerate(items) for _ in text], dtype=torch.int64)
+    labels = torch.tensor([label for _, label in items], dtype=torch.int64)  # (B,)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "text_index": text_index,
+        "labels": labels,
+    }
 
 
 def collate_batch(items: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -15,17 +15,24 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
-from torchship.data.batching import LengthGroupedBatchSampler, TokenizedDataset, collate_batch
+from torchship.data.batching import (
+    LengthGroupedBatchSampler,
+    TokenizedDataset,
+    WindowedDataset,
+    collate_batch,
+    collate_windows,
+)
 from torchship.data.formats import Example, read_examples
 from torchship.data.split import check_fractions, check_labels, stratified_split
-from torchship.data.tokenizer import pad_token_id, token_ids, train_tokenizer
+from torchship.data.tokenizer import configure_tokenizer, pad_token_id, token_ids, train_tokenizer
+from torchship.data.windows import LongTexts, check_windowing, default_overlap, flatten_windows, text_windows
 from torchship.errors import ConfigError
 
 __all__ = ["DataConfig", "TextClassificationDataModule"]
@@ -60,7 +67,14 @@ class DataConfig:
     lowercase: bool = True
     """Lowercase and strip accents before tokenising."""
     max_length: int = 512
-    """Longest sequence in tokens, [CLS] and [SEP] included; longer texts are truncated."""
+    """Longest sequence in tokens, [CLS] and [SEP] included; longer texts are truncated or windowed."""
+    long_texts: LongTexts = "truncate"
+    """A text longer than ``max_length``: ``truncate`` reads its first ``max_length`` tokens; ``windows``
+    reads all of it as windows of ``max_length`` tokens (training examples each; evaluation, prediction
+    and serving average a text's windows). See :mod:`torchship.data.windows`."""
+    window_overlap: int | None = None
+    """With ``windows``: tokens shared by consecutive windows at evaluation and prediction (training
+    windows never overlap); default half a window."""
     batch_size: int = 32
     """Training batch size (per process)."""
     eval_batch_size: int = 64
@@ -80,6 +94,12 @@ class DataConfig:
             raise ConfigError(f"max_length: must be at least 2 ([CLS] and [SEP]), got {self.max_length}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers: must be 0 or more, got {self.num_workers}")
+        check_windowing(self.long_texts, self.max_length, self.overlap)
+
+    @property
+    def overlap(self) -> int:
+        """``window_overlap``, or its default for ``max_length``."""
+        return default_overlap(self.max_length) if self.window_overlap is None else self.window_overlap
 
 
 class TextClassificationDataModule(L.LightningDataModule):
@@ -108,9 +128,11 @@ class TextClassificationDataModule(L.LightningDataModule):
                 lowercase=config.lowercase,
                 max_length=config.max_length,
             )
+        if config.long_texts == "windows":  # every token, cut into windows here
+            configure_tokenizer(tokenizer, config.max_length, truncate=False)
         self.tokenizer = tokenizer
         self.pad_id = pad_token_id(tokenizer)
-        self._datasets: dict[str, TokenizedDataset] = {}
+        self._datasets: dict[str, TokenizedDataset | WindowedDataset] = {}
 
     @property
     def num_classes(self) -> int:
@@ -127,17 +149,29 @@ class TextClassificationDataModule(L.LightningDataModule):
         for name in splits.get(stage or "", ("train", "val", "test")):
             self.dataset(name)
 
-    def dataset(self, split: _Split) -> TokenizedDataset:
-        """The tokenised ``split``, tokenised on first use and cached."""
+    def dataset(self, split: _Split) -> TokenizedDataset | WindowedDataset:
+        """The tokenised ``split``, tokenised on first use and cached.
+
+        With ``long_texts="windows"`` the training set holds one example per window (windows do not
+        overlap) and validation and test hold each text's overlapping windows together."""
         if split not in self._datasets:
             examples: list[Example] = getattr(self, split)
-            self._datasets[split] = TokenizedDataset(
-                token_ids(self.tokenizer, [example.text for example in examples]),
-                [self.label_to_index[example.label] for example in examples],
-            )
+            texts = [example.text for example in examples]
+            labels = [self.label_to_index[example.label] for example in examples]
+            dataset: TokenizedDataset | WindowedDataset
+            if self.config.long_texts == "truncate":
+                dataset = TokenizedDataset(token_ids(self.tokenizer, texts), labels)
+            elif split == "train":
+                windows = text_windows(self.tokenizer, texts, self.config.max_length, 0)
+                flat, owner = flatten_windows(windows)
+                dataset = TokenizedDataset(flat, [labels[k] for k in owner])
+            else:
+                windows = text_windows(self.tokenizer, texts, self.config.max_length, self.config.overlap)
+                dataset = WindowedDataset(windows, labels)
+            self._datasets[split] = dataset
         return self._datasets[split]
 
-    def train_dataloader(self) -> DataLoader[tuple[list[int], int]]:
+    def train_dataloader(self) -> DataLoader[Any]:
         """Length-grouped batches of ``batch_size`` in a seeded random order."""
         dataset = self.dataset("train")
         generator = torch.Generator().manual_seed(self.config.seed)
@@ -151,15 +185,15 @@ class TextClassificationDataModule(L.LightningDataModule):
         )
         return self._loader(dataset, sampler)
 
-    def val_dataloader(self) -> DataLoader[tuple[list[int], int]]:
+    def val_dataloader(self) -> DataLoader[Any]:
         """Validation batches of ``eval_batch_size``, sorted by length."""
         return self._eval_loader(self.dataset("val"))
 
-    def test_dataloader(self) -> DataLoader[tuple[list[int], int]]:
+    def test_dataloader(self) -> DataLoader[Any]:
         """Test batches of ``eval_batch_size``, sorted by length."""
         return self._eval_loader(self.dataset("test"))
 
-    def _eval_loader(self, dataset: TokenizedDataset) -> DataLoader[tuple[list[int], int]]:
+    def _eval_loader(self, dataset: TokenizedDataset | WindowedDataset) -> DataLoader[Any]:
         sampler = LengthGroupedBatchSampler(
             SequentialSampler(dataset),
             self.config.eval_batch_size,
@@ -170,13 +204,14 @@ class TextClassificationDataModule(L.LightningDataModule):
         return self._loader(dataset, sampler)
 
     def _loader(
-        self, dataset: TokenizedDataset, batch_sampler: LengthGroupedBatchSampler
-    ) -> DataLoader[tuple[list[int], int]]:
+        self, dataset: TokenizedDataset | WindowedDataset, batch_sampler: LengthGroupedBatchSampler
+    ) -> DataLoader[Any]:
         # Built inside the *_dataloader hooks so that Lightning can swap in a DistributedSampler.
+        collate = collate_windows if isinstance(dataset, WindowedDataset) else collate_batch
         return DataLoader(
             dataset,
             batch_sampler=batch_sampler,
-            collate_fn=functools.partial(collate_batch, pad_id=self.pad_id),
+            collate_fn=functools.partial(collate, pad_id=self.pad_id),
             num_workers=self.config.num_workers,
             persistent_workers=self.config.num_workers > 0,
         )

@@ -72,15 +72,19 @@ def train_tokenizer(
     return configure_tokenizer(tokenizer, max_length)
 
 
-def configure_tokenizer(tokenizer: Tokenizer, max_length: int) -> Tokenizer:
+def configure_tokenizer(tokenizer: Tokenizer, max_length: int, *, truncate: bool = True) -> Tokenizer:
     """Truncate to ``max_length`` tokens (special tokens included) and switch padding off, in place.
 
     Tokenizers loaded from a ``tokenizer.json`` may carry their own padding (MiniLM's pads every text to
-    128); batches are padded by :func:`encode_texts` instead.
+    128); batches are padded by :func:`encode_texts` instead. ``truncate=False`` keeps every token, for
+    models that read long texts as windows (:mod:`torchship.data.windows`).
     """
     if max_length < 2:
         raise ConfigError(f"max_length: must be at least 2 (room for [CLS] and [SEP]), got {max_length}")
-    tokenizer.enable_truncation(max_length=max_length)
+    if truncate:
+        tokenizer.enable_truncation(max_length=max_length)
+    else:
+        tokenizer.no_truncation()
     tokenizer.no_padding()
     return tokenizer
 

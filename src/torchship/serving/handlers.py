@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,10 @@ class TextClassifierAPI(ModelAPI):
         self.package = load_package(model_path)
         self.labels = list(self.package.config.labels)
         self.pad_id = self.package.config.model.pad_id
-        self.tokenizer = configure_tokenizer(self.package.tokenizer, self.package.config.max_length)
+        config = self.package.config
+        self.windows = (config.max_length, config.window_overlap) if config.long_texts == "windows" else None
+        truncate = self.windows is None
+        self.tokenizer = configure_tokenizer(self.package.tokenizer, config.max_length, truncate=truncate)
         return self.package.model.to(self.resolved_device())
 
     def preprocess(self, data: list[Any]) -> list[_Item | UserInputError]:
@@ -78,7 +81,8 @@ class TextClassifierAPI(ModelAPI):
         return [_parse(payload) for payload in data]
 
     def inference(self, data: list[_Item | UserInputError]) -> list[Any]:
-        """Probabilities per text, computed in length-sorted groups so padding stays small."""
+        """Probabilities per text, computed in length-sorted groups so padding stays small. A package that
+        reads long texts as windows runs every window and averages each text's logits."""
         import torch
 
         from torchship.data.tokenizer import token_ids as encode_ids
@@ -87,18 +91,41 @@ class TextClassifierAPI(ModelAPI):
         texts = [data[i].text for i in positions]  # type: ignore[union-attr]
         token_ids = encode_ids(self.tokenizer, texts) if texts else []
         results: list[Any] = list(data)
-        order = sorted(range(len(token_ids)), key=lambda k: len(token_ids[k]))
-        lengths = [len(token_ids[k]) for k in order]
+        if self.windows is not None and any(len(ids) > self.windows[0] for ids in token_ids):
+            for k, row in enumerate(self._window_probabilities(token_ids)):
+                results[positions[k]] = (data[positions[k]], row)
+            return results
+        for group, logits in self._forward_groups(token_ids):
+            probabilities = torch.softmax(logits.float(), dim=-1).tolist()  # (B, num_classes)
+            for row, k in zip(probabilities, group, strict=True):
+                results[positions[k]] = (data[positions[k]], row)
+        return results
+
+    def _forward_groups(self, sequences: list[list[int]]) -> Iterator[tuple[list[int], Any]]:
+        """``(indices, logits)`` per forward call over ``sequences``, grouped by length."""
+        order = sorted(range(len(sequences)), key=lambda k: len(sequences[k]))
+        lengths = [len(sequences[k]) for k in order]
         start = 0
         max_tokens = self.max_tokens if getattr(self.device, "type", "cpu") == "cpu" else self.max_tokens_gpu
         for size in plan_groups(lengths, self.max_padding, self.padding_slack, max_tokens):
             group = order[start : start + size]
             start += size
-            ids, mask = _pad([token_ids[k] for k in group], self.pad_id, self.device)
-            probabilities = torch.softmax(self.model(ids, mask).float(), dim=-1).tolist()  # (B, num_classes)
-            for row, k in zip(probabilities, group, strict=True):
-                results[positions[k]] = (data[positions[k]], row)
-        return results
+            ids, mask = _pad([sequences[k] for k in group], self.pad_id, self.device)
+            yield group, self.model(ids, mask)  # (B, num_classes)
+
+    def _window_probabilities(self, token_ids: list[list[int]]) -> list[list[float]]:
+        import torch
+
+        from torchship.data.windows import flatten_windows, mean_by_text, split_windows
+
+        assert self.windows is not None
+        length, overlap = self.windows
+        windows, owner = flatten_windows([split_windows(ids, length, overlap) for ids in token_ids])
+        logits = torch.empty(len(windows), len(self.labels))
+        for group, group_logits in self._forward_groups(windows):
+            logits[group] = group_logits.float().cpu()
+        text_logits = mean_by_text(logits, torch.tensor(owner), len(token_ids))
+        return torch.softmax(text_logits, dim=-1).tolist()  # type: ignore[no-any-return]
 
     def postprocess(self, output: list[Any]) -> list[Any]:
         """``{"label", "score", "probabilities"}`` per request (errors pass through)."""

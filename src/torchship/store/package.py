@@ -4,7 +4,7 @@ A package is a directory holding
 
     config.json            PackageConfig: architecture, labels, tokenizer settings, handler, versions
     model.safetensors      the weights (safetensors: loading never unpickles)
-    tokenizer.json         the Hugging Face ``tokenizers`` tokenizer, truncation set, no padding
+    tokenizer.json         the Hugging Face ``tokenizers`` tokenizer, no padding
     metrics.json           validation and test metrics, e.g. {"test": {"accuracy": 0.98, ...}}
     card.md                a human-readable model card
     *.png                  plots (learning curves, confusion matrix)
@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
+from torchship.data.windows import check_windowing
 from torchship.errors import ConfigError, PackageError
 from torchship.models.transformer import TransformerClassifier, TransformerConfig
 
@@ -60,7 +61,12 @@ class PackageConfig:
     model: TransformerConfig
     """The architecture; ``TransformerClassifier(model)`` rebuilds the network."""
     max_length: int
-    """Tokens per text after truncation (``[CLS]`` and ``[SEP]`` included)."""
+    """Tokens per model input (``[CLS]`` and ``[SEP]`` included): per text, or per window."""
+    long_texts: str = "truncate"
+    """``truncate``: the model reads a text's first ``max_length`` tokens. ``windows``: all of it, as
+    windows of ``max_length`` tokens whose logits are averaged (:mod:`torchship.data.windows`)."""
+    window_overlap: int = 0
+    """With ``windows``: tokens shared by consecutive windows."""
     handler: str = TEXT_CLASSIFIER
     """Which serving handler serves the package."""
     torchship_version: str = field(default_factory=_torchship_version)
@@ -83,6 +89,7 @@ class PackageConfig:
                 f"PackageConfig.max_length must be between 2 and model.max_length ({self.model.max_length}), "
                 f"got {self.max_length}."
             )
+        check_windowing(self.long_texts, self.max_length, self.window_overlap, prefix="PackageConfig.")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict, the content of ``config.json``."""
@@ -133,21 +140,31 @@ class ModelPackage:
     @torch.inference_mode()
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """Class probabilities for ``texts``, shape ``(len(texts), num_classes)``, float32 on the CPU; the
-        model runs on whatever device it is on."""
-        from torchship.data.tokenizer import encode_texts
+        model runs on whatever device it is on. A package that reads long texts as windows runs every
+        window (``batch_size`` windows per call) and averages each text's logits."""
+        from torchship.data.tokenizer import pad_token_ids, token_ids
+        from torchship.data.windows import flatten_windows, mean_by_text, split_windows
 
+        num_classes = self.config.model.num_classes
         if not texts:
-            return torch.empty(0, self.config.model.num_classes)
+            return torch.empty(0, num_classes)
+        ids = token_ids(self.tokenizer, texts)
+        if self.config.long_texts == "windows":
+            length, overlap = self.config.max_length, self.config.window_overlap
+            sequences, owner = flatten_windows([split_windows(row, length, overlap) for row in ids])
+        else:
+            sequences, owner = ids, list(range(len(ids)))
         # Sort by length so each batch pads little, then put the rows back in input order.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = torch.empty(len(texts), self.config.model.num_classes)
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        logits = torch.empty(len(sequences), num_classes)
         device = next(self.model.parameters()).device  # the CPU unless moved (``package.model.to(...)``)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            ids, mask = encode_texts(self.tokenizer, [texts[i] for i in chunk], self.config.model.pad_id)
-            logits = self.model(ids.to(device), mask.to(device))
-            out[chunk] = torch.softmax(logits.float(), dim=-1).cpu()
-        return out
+            input_ids, mask = pad_token_ids([sequences[i] for i in chunk], self.config.model.pad_id)
+            logits[chunk] = self.model(input_ids.to(device), mask.to(device)).float().cpu()
+        if len(sequences) != len(texts):
+            logits = mean_by_text(logits, torch.tensor(owner), len(texts))
+        return torch.softmax(logits, dim=-1)
 
 
 def write_package(
@@ -224,6 +241,9 @@ def load_package(path: str | Path) -> ModelPackage:
         tokenizer = Tokenizer.from_file(str(path / TOKENIZER_FILE))
     except Exception as exc:  # tokenizers raises a bare Exception on malformed files
         raise PackageError(f"Cannot read tokenizer {path / TOKENIZER_FILE}: {exc}") from exc
+    from torchship.data.tokenizer import configure_tokenizer
+
+    configure_tokenizer(tokenizer, config.max_length, truncate=config.long_texts == "truncate")
     return ModelPackage(path=path, config=config, model=model, tokenizer=tokenizer)
 
 

@@ -9,6 +9,8 @@ It owns the loss, the metrics and the optimiser; the network itself stays a plai
     >>> module.validation_report["macro_f1"]
 
 Batches are dicts ``{"input_ids": (B, T) int64, "attention_mask": (B, T) bool, "labels": (B,) int64}``.
+Evaluation batches of texts read as windows (``DataConfig(long_texts="windows")``) hold W windows for B
+texts, with ``"text_index"`` (W,) naming each window's text; a text's logits are its windows' mean.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from torchship.data.windows import mean_by_text
 from torchship.models.transformer import TransformerClassifier
 from torchship.training.metrics import ClassificationMetrics
 from torchship.training.options import OptimOptions, Schedule
 
-__all__ = ["TextClassifierModule", "lr_factor", "parameter_groups"]
+__all__ = ["TextClassifierModule", "lr_factor", "parameter_groups", "text_logits"]
 
 Batch = Mapping[str, Tensor]
 
@@ -91,7 +94,7 @@ class TextClassifierModule(L.LightningModule):
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Class probabilities ``(B, num_classes)``."""
-        return torch.softmax(self.model(batch["input_ids"], batch["attention_mask"]).float(), dim=-1)
+        return torch.softmax(text_logits(self.model, batch).float(), dim=-1)
 
     def on_validation_epoch_end(self) -> None:
         report = self._log_report(self.val_metrics, "val")
@@ -127,7 +130,7 @@ class TextClassifierModule(L.LightningModule):
         return on_fused_device and str(self.trainer.precision) not in ("16-mixed", "16")
 
     def _evaluate_batch(self, batch: Batch, metrics: ClassificationMetrics) -> None:
-        logits = self.model(batch["input_ids"], batch["attention_mask"])  # (B, C)
+        logits = text_logits(self.model, batch)  # (B, C)
         loss = F.cross_entropy(logits, batch["labels"])
         metrics.update(logits, batch["labels"], loss)
 
@@ -139,6 +142,14 @@ class TextClassifierModule(L.LightningModule):
                 # Already synced: every rank logs the same number; sync_dist only averages equal values.
                 self.log(f"{prefix}_{key}", float(report[key]), prog_bar=key != "loss", sync_dist=True)
         return report
+
+
+def text_logits(model: TransformerClassifier, batch: Batch) -> Tensor:
+    """Logits per text ``(B, C)`` of an evaluation batch: the model's own, or its windows' mean."""
+    logits = model(batch["input_ids"], batch["attention_mask"])
+    if "text_index" in batch:
+        return mean_by_text(logits, batch["text_index"], batch["labels"].numel())
+    return logits  # type: ignore[no-any-return]
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: Schedule) -> float:

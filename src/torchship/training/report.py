@@ -102,6 +102,15 @@ def confusion_matrix_png(matrix: Sequence[Sequence[int]], labels: Sequence[str],
     return _png(figure)
 
 
+def _reads(config: PackageConfig) -> str:
+    if config.long_texts == "windows":
+        return (
+            f"reading whole texts as windows of {config.max_length} tokens ({config.window_overlap} shared "
+            "by neighbours at prediction) whose logits are averaged"
+        )
+    return f"with inputs truncated to {config.max_length} tokens"
+
+
 def model_card(config: PackageConfig, metrics: Mapping[str, Any], *, store: str | Path) -> str:
     """The ``card.md`` of a package: what it is, its data, its scores, its settings and how to use it."""
     training = dict(config.training)
@@ -118,7 +127,7 @@ def model_card(config: PackageConfig, metrics: Mapping[str, Any], *, store: str 
         f"A text classifier over {len(config.labels)} labels: a Transformer encoder "
         f"({_count(model.n_layers, 'layer')}, width {model.d_model}, {_count(model.n_heads, 'head')}, "
         f"{model.pooling} pooling) "
-        f"{kind}, with inputs truncated to {config.max_length} tokens. "
+        f"{kind}, {_reads(config)}. "
         f"Written by torchship {config.torchship_version} on {config.created}.",
         "",
         "## Data",

@@ -42,7 +42,7 @@ from torchship.models.transformer import TransformerClassifier, TransformerConfi
 from torchship.store.package import PackageConfig, write_package
 from torchship.store.store import ModelStore, validate_name, validate_version
 from torchship.training.metrics import ClassificationMetrics
-from torchship.training.module import TextClassifierModule
+from torchship.training.module import TextClassifierModule, text_logits
 from torchship.training.options import ModelOptions, OptimOptions
 from torchship.training.report import (
     MetricsHistory,
@@ -163,6 +163,8 @@ def train(
         labels=tuple(datamodule.labels),
         model=network.config,
         max_length=data.max_length,
+        long_texts=data.long_texts,
+        window_overlap=data.overlap if data.long_texts == "windows" else 0,
         training=_provenance(data, model, optim, datamodule, trainer or {}, monitor),
     )
     number = _publish(model_store, config, network, datamodule.tokenizer, metrics, version)
@@ -245,8 +247,9 @@ def evaluate(
     model.eval().to(device)
     metrics = ClassificationMetrics(labels, sync=False).to(device)
     for batch in batches:
-        input_ids, mask, target = (batch[key].to(device) for key in ("input_ids", "attention_mask", "labels"))
-        logits = model(input_ids, mask).float()  # (B, C)
+        batch = {key: value.to(device) for key, value in batch.items()}
+        logits = text_logits(model, batch).float()  # (B, C); a text read as windows: their mean
+        target = batch["labels"]
         metrics.update(logits, target, torch.nn.functional.cross_entropy(logits, target))
     model.train(was_training)
     return metrics.report()
