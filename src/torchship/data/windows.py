@@ -5,7 +5,8 @@ nothing after. With ``"windows"`` a longer text is cut into windows of ``max_len
 in the tokenizer's own ``[CLS]`` ... ``[SEP]``:
 
 * **training** turns every window into a training example with the text's label; windows do not overlap,
-  so each token is seen once per epoch;
+  so each token is seen once per epoch (``train_loss`` and ``train_accuracy`` count windows; validation
+  and test metrics count texts);
 * **evaluation, prediction and serving** run every window of a text (consecutive windows share
   ``overlap`` tokens) and average their logits: the text gets one answer, from all of it.
 

@@ -148,7 +148,8 @@ def text_logits(model: TransformerClassifier, batch: Batch) -> Tensor:
     """Logits per text ``(B, C)`` of an evaluation batch: the model's own, or its windows' mean."""
     logits = model(batch["input_ids"], batch["attention_mask"])
     if "text_index" in batch:
-        return mean_by_text(logits, batch["text_index"], batch["labels"].numel())
+        # In float32: under bf16/fp16 autocast a sum over hundreds of windows would lose digits.
+        return mean_by_text(logits.float(), batch["text_index"], batch["labels"].numel())
     return logits  # type: ignore[no-any-return]
 
 
