@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer, models
 
 from torchship.data.datamodule import DataConfig, TextClassificationDataModule
-from torchship.data.windows import check_windowing, flatten_windows, mean_by_text, split_windows
+from torchship.data.windows import (
+    check_window_tokenizer,
+    check_windowing,
+    flatten_windows,
+    mean_by_text,
+    split_windows,
+)
 from torchship.errors import ConfigError
 
 CLS, SEP = 101, 102
@@ -104,3 +111,9 @@ def test_datamodule_trains_on_every_window_and_evaluates_whole_texts(tmp_path: P
         counts = torch.bincount(batch["text_index"], minlength=batch["labels"].numel())
         assert (counts >= 1).all() and batch["text_index"].tolist() == sorted(batch["text_index"].tolist())
     assert any(batch["input_ids"].shape[0] > batch["labels"].numel() for batch in batches)
+
+
+def test_windows_need_a_tokenizer_that_wraps_texts_in_two_special_tokens() -> None:
+    bare = Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1, "word": 2}, unk_token="[UNK]"))
+    with pytest.raises(ConfigError, match=r"two special tokens .*this one adds 0.*long_texts='truncate'"):
+        check_window_tokenizer(bare)

@@ -32,7 +32,14 @@ from torchship.data.batching import (
 from torchship.data.formats import Example, read_examples
 from torchship.data.split import check_fractions, check_labels, stratified_split
 from torchship.data.tokenizer import configure_tokenizer, pad_token_id, token_ids, train_tokenizer
-from torchship.data.windows import LongTexts, check_windowing, default_overlap, flatten_windows, text_windows
+from torchship.data.windows import (
+    LongTexts,
+    check_window_tokenizer,
+    check_windowing,
+    default_overlap,
+    flatten_windows,
+    text_windows,
+)
 from torchship.errors import ConfigError
 
 __all__ = ["DataConfig", "TextClassificationDataModule"]
@@ -129,6 +136,7 @@ class TextClassificationDataModule(L.LightningDataModule):
                 max_length=config.max_length,
             )
         if config.long_texts == "windows":  # every token, cut into windows here
+            check_window_tokenizer(tokenizer)
             configure_tokenizer(tokenizer, config.max_length, truncate=False)
         self.tokenizer = tokenizer
         self.pad_id = pad_token_id(tokenizer)

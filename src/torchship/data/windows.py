@@ -37,6 +37,7 @@ from torchship.errors import ConfigError
 __all__ = [
     "LONG_TEXTS",
     "LongTexts",
+    "check_window_tokenizer",
     "check_windowing",
     "default_overlap",
     "flatten_windows",
@@ -68,6 +69,18 @@ def check_windowing(long_texts: str, max_length: int, overlap: int, *, prefix: s
         raise ConfigError(
             f"{prefix}window_overlap: at most max_length - 3 = {max_length - _WRAPPERS - 1} tokens "
             f"(each window must move forward), got {overlap}"
+        )
+
+
+def check_window_tokenizer(tokenizer: Tokenizer) -> None:
+    """Raise :class:`ConfigError` unless ``tokenizer`` wraps a text in exactly two special tokens, the
+    first and last tokens every window repeats."""
+    added = tokenizer.num_special_tokens_to_add(False)
+    if added != _WRAPPERS:
+        raise ConfigError(
+            f"long_texts: windows need a tokenizer that wraps each text in two special tokens "
+            f"([CLS] ... [SEP]); this one adds {added}. Use long_texts='truncate', or give the tokenizer "
+            "a post-processor (tokenizers.processors.TemplateProcessing)"
         )
 
 
