@@ -13,7 +13,7 @@ from torchship.data.datamodule import DataConfig, TextClassificationDataModule
 from torchship.data.windows import (
     check_window_tokenizer,
     check_windowing,
-    flatten_windows,
+    flat_windows,
     mean_by_text,
     split_windows,
 )
@@ -56,8 +56,10 @@ def test_windows_without_overlap_partition_the_text_but_the_last() -> None:
 
 
 def test_mean_by_text_averages_each_texts_windows() -> None:
-    flat, owner = flatten_windows([[[1], [2], [3]], [[4]], [[5], [6]]])
-    assert (flat, owner) == ([[1], [2], [3], [4], [5], [6]], [0, 0, 0, 1, 2, 2])
+    flat, owner = flat_windows([_text(10), [CLS, 7, SEP], _text(6)], 6, 0)
+    assert owner == [0, 0, 0, 1, 2, 2]
+    assert flat[:4] == [*split_windows(_text(10), 6, 0), [CLS, 7, SEP]]
+    assert flat[4:] == split_windows(_text(6), 6, 0)
     logits = torch.tensor([[1.0, 0.0], [2.0, 3.0], [3.0, 3.0], [7.0, -1.0], [0.0, 1.0], [1.0, 0.0]])
     expected = torch.tensor([[2.0, 2.0], [7.0, -1.0], [0.5, 0.5]])
     torch.testing.assert_close(mean_by_text(logits, torch.tensor(owner), 3), expected)

@@ -37,7 +37,7 @@ from torchship.data.windows import (
     check_window_tokenizer,
     check_windowing,
     default_overlap,
-    flatten_windows,
+    flat_windows,
     text_windows,
 )
 from torchship.errors import ConfigError
@@ -170,8 +170,7 @@ class TextClassificationDataModule(L.LightningDataModule):
             if self.config.long_texts == "truncate":
                 dataset = TokenizedDataset(token_ids(self.tokenizer, texts), labels)
             elif split == "train":
-                windows = text_windows(self.tokenizer, texts, self.config.max_length, 0)
-                flat, owner = flatten_windows(windows)
+                flat, owner = flat_windows(token_ids(self.tokenizer, texts), self.config.max_length, 0)
                 dataset = TokenizedDataset(flat, [labels[k] for k in owner])
             else:
                 windows = text_windows(self.tokenizer, texts, self.config.max_length, self.config.overlap)

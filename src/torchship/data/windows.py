@@ -40,7 +40,7 @@ __all__ = [
     "check_window_tokenizer",
     "check_windowing",
     "default_overlap",
-    "flatten_windows",
+    "flat_windows",
     "mean_by_text",
     "split_windows",
     "text_windows",
@@ -105,13 +105,16 @@ def text_windows(
     return [split_windows(ids, length, overlap) for ids in token_ids(tokenizer, texts)]
 
 
-def flatten_windows(windows: Sequence[Sequence[list[int]]]) -> tuple[list[list[int]], list[int]]:
-    """All windows in one list, and for each the index of the text it came from."""
+def flat_windows(
+    token_ids: Sequence[Sequence[int]], length: int, overlap: int
+) -> tuple[list[list[int]], list[int]]:
+    """The windows of every tokenised text in one list, and for each the index of the text it came from."""
     flat: list[list[int]] = []
     owner: list[int] = []
-    for index, text in enumerate(windows):
-        flat.extend(text)
-        owner.extend([index] * len(text))
+    for index, ids in enumerate(token_ids):
+        windows = split_windows(ids, length, overlap)
+        flat.extend(windows)
+        owner.extend([index] * len(windows))
     return flat, owner
 
 

@@ -62,7 +62,6 @@ class TextClassifierAPI(ModelAPI):
     """Padding tokens always allowed: below this, one call fewer costs more than the padding."""
 
     def load(self, model_path: Path | None) -> Any:
-        from torchship.data.tokenizer import configure_tokenizer
         from torchship.store import load_package
 
         if model_path is None:
@@ -72,8 +71,7 @@ class TextClassifierAPI(ModelAPI):
         self.pad_id = self.package.config.model.pad_id
         config = self.package.config
         self.windows = (config.max_length, config.window_overlap) if config.long_texts == "windows" else None
-        truncate = self.windows is None
-        self.tokenizer = configure_tokenizer(self.package.tokenizer, config.max_length, truncate=truncate)
+        self.tokenizer = self.package.tokenizer  # truncating or not, as config.json says (load_package)
         return self.package.model.to(self.resolved_device())
 
     def preprocess(self, data: list[Any]) -> list[_Item | UserInputError]:
@@ -116,11 +114,11 @@ class TextClassifierAPI(ModelAPI):
     def _window_probabilities(self, token_ids: list[list[int]]) -> list[list[float]]:
         import torch
 
-        from torchship.data.windows import flatten_windows, mean_by_text, split_windows
+        from torchship.data.windows import flat_windows, mean_by_text
 
         assert self.windows is not None
         length, overlap = self.windows
-        windows, owner = flatten_windows([split_windows(ids, length, overlap) for ids in token_ids])
+        windows, owner = flat_windows(token_ids, length, overlap)
         logits = torch.empty(len(windows), len(self.labels))
         for group, group_logits in self._forward_groups(windows):
             logits[group] = group_logits.float().cpu()

@@ -143,15 +143,14 @@ class ModelPackage:
         model runs on whatever device it is on. A package that reads long texts as windows runs every
         window (``batch_size`` windows per call) and averages each text's logits."""
         from torchship.data.tokenizer import pad_token_ids, token_ids
-        from torchship.data.windows import flatten_windows, mean_by_text, split_windows
+        from torchship.data.windows import flat_windows, mean_by_text
 
         num_classes = self.config.model.num_classes
         if not texts:
             return torch.empty(0, num_classes)
         ids = token_ids(self.tokenizer, texts)
         if self.config.long_texts == "windows":
-            length, overlap = self.config.max_length, self.config.window_overlap
-            sequences, owner = flatten_windows([split_windows(row, length, overlap) for row in ids])
+            sequences, owner = flat_windows(ids, self.config.max_length, self.config.window_overlap)
         else:
             sequences, owner = ids, list(range(len(ids)))
         # Sort by length so each batch pads little, then put the rows back in input order.
