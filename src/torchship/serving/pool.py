@@ -6,6 +6,11 @@ exponential backoff, 1 s up to 30 s, so a broken model costs little while it is 
 one comes back without a restart. Scaling down stops idle workers first, then loading ones (killed: they
 have no batch to finish), then busy ones after their current batch. The pool reports to its version
 through three callbacks: a worker became ready, a worker answered a batch, a worker was lost.
+
+Processes start off the event loop (see :mod:`~torchship.serving.workers`), so a scale to many workers
+returns at once; one stopped before its process started never runs, and a process that cannot start is
+a load failure like a model that cannot load. Once the server shuts down (:meth:`WorkerPool.close`), no
+worker is started or replaced: a worker that dies during the drain is gone for good.
 """
 
 from __future__ import annotations
@@ -61,6 +66,24 @@ class WorkerPool:
         return list(self._workers)
 
     @property
+    def live(self) -> int:
+        """Workers that exist or are starting and are not being stopped (what counts against a cap)."""
+        return len(self._live())
+
+    @property
+    def closing(self) -> bool:
+        """True once shutdown has begun: a worker that exits from then on is not replaced."""
+        return self._closing
+
+    def close(self) -> None:
+        """Mark the pool as shutting down (no worker is started or replaced from now on); the workers keep
+        running their batches until :meth:`stop`."""
+        self._closing = True
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart = None
+
+    @property
     def serving(self) -> int:
         """Workers that are loaded (idle or running a batch)."""
         return sum(1 for w in self._workers if w.state in (WorkerState.READY, WorkerState.BUSY))
@@ -73,10 +96,11 @@ class WorkerPool:
             self.idle.append(worker)
 
     def scale(self, workers: int) -> None:
-        """Aim for ``workers`` processes (see the module docstring for which ones stop first)."""
+        """Aim for ``workers`` processes (see the module docstring for which ones stop first). The processes
+        start off the event loop, one after another; :meth:`wait_ready` waits for them."""
         self.target = workers
         live = self._live()
-        for _ in range(workers - len(live)):
+        for _ in range(0 if self._closing else workers - len(live)):
             self._spawn()
         order = {WorkerState.READY: 0, WorkerState.STARTING: 1, WorkerState.BUSY: 2}
         for worker in sorted(live, key=lambda w: order.get(w.state, 3))[: max(0, len(live) - workers)]:
@@ -94,10 +118,8 @@ class WorkerPool:
 
     async def stop(self, timeout: float) -> None:
         """Stop every worker after its batch; kill those still alive after ``timeout`` seconds."""
-        self._closing = True
+        self.close()
         self.target = 0
-        if self._restart is not None:
-            self._restart.cancel()
         for worker in list(self._workers):
             worker.stop()
         if not self._workers:
@@ -128,6 +150,7 @@ class WorkerPool:
         self._workers.append(worker)
         timeout = self.api.settings.startup_timeout
         self._startup_timers[worker] = self._loop.call_later(timeout, self._on_startup_timeout, worker)
+        worker.start()
 
     def _on_startup_timeout(self, worker: WorkerProcess) -> None:
         self._startup_timers.pop(worker, None)

@@ -7,9 +7,14 @@ Messages are tuples of plain values (never pickled exception objects):
                       ("failed", error_type, message)                   loading failed; the worker exits
                       ("done", batch_id, seconds, [(status, content_type, body, error_type), ...])
 
-The worker ignores SIGINT: Ctrl+C reaches the whole process group, and the server, not the worker, decides
-when in-flight batches are finished. It exits on its own when the pipe closes or the server process goes
+The worker ignores SIGINT and SIGTERM: Ctrl+C, and the SIGTERM that systemd and Kubernetes send, reach the
+whole process group, and the server, not the worker, decides when in-flight batches are finished (it
+drains, then sends "stop"). The server starts workers with both signals blocked, so one still importing
+its modules survives them too. A worker exits on its own when the pipe closes or the server process goes
 away, so a killed server leaves no orphans behind.
+
+The loop survives whatever a batch raises (see :mod:`~torchship.serving.execution`): the batch is then
+answered with errors, and only ``SystemExit`` from the handler ends the worker.
 """
 
 from __future__ import annotations
@@ -22,16 +27,20 @@ import signal
 import threading
 import time
 from multiprocessing.connection import Connection
+from typing import Any
 
 from torchship.devices import resolve_device
 from torchship.errors import TorchshipError
 from torchship.serving.api import ModelAPI
-from torchship.serving.execution import run_batch
+from torchship.serving.channel import receive
+from torchship.serving.errors import HandlerError
+from torchship.serving.execution import error_outcome, run_batch
 
 __all__ = ["worker_main"]
 
 logger = logging.getLogger("torchship.serving.worker")
 
+_SHUTDOWN_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _IMPORT_HINT = (
     "Worker processes are fresh Python processes that import the ModelAPI's class by its module and name: "
     "define it in a .py file that a fresh process can import (not in a notebook cell), under a module name "
@@ -43,7 +52,9 @@ def worker_main(pickled_api: bytes, conn: Connection, torch_threads: int, slot: 
     """Entry point of a worker process (the target given to ``multiprocessing``'s spawn context).
     ``pickled_api`` is the ModelAPI object, pickled by the server; ``slot`` numbers the version's workers
     from 0 and picks the GPU under ``device`` auto or cuda."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in _SHUTDOWN_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHUTDOWN_SIGNALS)  # one already pending is discarded
     _exit_with_parent()
     _limit_threads(torch_threads)
     try:
@@ -67,15 +78,35 @@ def worker_main(pickled_api: bytes, conn: Connection, torch_threads: int, slot: 
     conn.send(("ready", os.getpid(), str(api.device)))
     while True:
         try:
-            message = conn.recv()
+            message = receive(conn)
         except (EOFError, OSError):
             return
         if message[0] != "run":
             return
         _, batch_id, requests = message
         start = time.perf_counter()
-        outcomes = run_batch(api, requests)
-        conn.send(("done", batch_id, time.perf_counter() - start, [tuple(outcome) for outcome in outcomes]))
+        outcomes = _run(api, requests)
+        try:
+            conn.send(("done", batch_id, time.perf_counter() - start, outcomes))
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # MemoryError for results too large to pickle: answer the batch still
+            logger.error("could not send the results of a batch", exc_info=exc)
+            error = error_outcome(
+                HandlerError(f"the batch's results could not be sent ({type(exc).__name__})")
+            )
+            conn.send(("done", batch_id, time.perf_counter() - start, [tuple(error)] * len(requests)))
+
+
+def _run(api: ModelAPI, requests: list[tuple[str, bytes]]) -> list[tuple[Any, ...]]:
+    """The batch's outcomes as plain tuples; whatever escapes :func:`run_batch` fails the whole batch."""
+    try:
+        return [tuple(outcome) for outcome in run_batch(api, requests)]
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        logger.error("a batch failed outside the handler", exc_info=exc)
+        return [tuple(error_outcome(exc))] * len(requests)
 
 
 def _limit_threads(torch_threads: int) -> None:
