@@ -17,6 +17,26 @@ def test_paginate_like_torchserve() -> None:
     assert paginate(names, 500, 3) == (["d"], None)
 
 
+@pytest.mark.parametrize("limit", [0, -1, 1, 3, 100, 101])
+def test_following_next_page_token_always_ends(limit: int) -> None:
+    names = [f"m{i}" for i in range(250)]
+    pages, token = [], 0
+    while token is not None:
+        page, token = paginate(names, limit, token)
+        pages.append(page)
+        assert len(pages) <= 250, "the pages never end"
+    assert [name for page in pages for name in page] == names
+
+
+def test_parameters_refuse_what_no_setting_can_be() -> None:
+    for value in ("inf", "-inf", "nan", "1e999"):
+        with pytest.raises(UserInputError, match="response_timeout must be a finite number"):
+            parse_float({"response_timeout": value}, "response_timeout")
+    digits = "9" * 5000  # more than Python's int digit limit: a ValueError of its own
+    with pytest.raises(UserInputError, match=r"min_worker must be an integer, got '99.*\(5000 characters\)"):
+        parse_int({"min_worker": digits}, "min_worker", 1)
+
+
 def test_parameters_parse_or_name_the_bad_one() -> None:
     assert parse_int({"limit": "5"}, "limit", 100) == 5
     assert parse_int({}, "limit", 100) == 100

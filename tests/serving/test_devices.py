@@ -110,7 +110,7 @@ def test_the_default_worker_count_follows_the_device_and_the_cores() -> None:
     assert default_workers("cuda:1") == default_workers("mps") == 1
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     assert ModelSettings().worker_count == default_workers("auto") == (gpus or min(cores, 4))
-    with pytest.raises(ConfigError, match="workers: must be at least 0, got -1"):
+    with pytest.raises(ConfigError, match="workers: must be between 0 and 4096, got -1"):
         ModelSettings(workers=-1)
 
 

@@ -10,6 +10,7 @@ import pytest
 from serving_support import describe, publish_classifier, running, settings, wait_ready
 
 from torchship.errors import ConfigError
+from torchship.serving import ModelSettings
 from torchship.serving.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot
 
 
@@ -80,3 +81,23 @@ def test_versions_published_or_fixed_while_serving_are_served_after_a_restart(
     with running(settings(store=store, use_snapshot=True)) as server:
         wait_ready(server)
         assert sorted(d["modelVersion"] for d in describe(server, "/models/news/all")) == ["1", "2", "3"]
+
+
+@pytest.mark.slow
+def test_a_snapshot_replays_at_most_the_worker_caps(tmp_path: Path) -> None:
+    from serving_handlers import EchoAPI
+
+    path = tmp_path / "snapshot.json"
+    asked = ModelSettings(workers=3, max_workers=3).to_dict()
+    write_snapshot(path, Snapshot([SnapshotEntry("echo", "1", "", "", _ECHO, 3, asked)]))
+    server_settings = settings(use_snapshot=True, snapshot=path, max_workers_per_version=1)
+    with running(server_settings, [EchoAPI(name="echo", workers=1)]) as server:
+        wait_ready(server)
+        [echo] = describe(server, "/models/echo")
+        assert (echo["minWorkers"], echo["maxWorkers"], len(echo["workers"])) == (1, 1, 1)
+    restored = read_snapshot(path)
+    assert restored is not None
+    assert [entry.workers for entry in restored.entries] == [1]
+
+
+_ECHO = "serving_handlers:EchoAPI"

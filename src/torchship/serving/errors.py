@@ -8,6 +8,8 @@ The serving layer extends ``torchship.errors`` with the statuses only a server h
     │   ├── VersionNotFoundError             ModelVersionNotFoundException
     │   └── ResourceNotFoundError            ResourceNotFoundException (unknown route)
     ├── ConflictError                   409  ConflictStatusException
+    ├── UnauthorizedError               401  InvalidKeyException (serving.auth; adds WWW-Authenticate)
+    ├── ForbiddenError                  403  ForbiddenException (serving.edge: Origin, Host)
     ├── MethodNotAllowedError           405  MethodNotAllowedException
     ├── PayloadTooLargeError            413  RequestEntityTooLargeException
     ├── ServiceUnavailableError         503  ServiceUnavailableException
@@ -19,7 +21,10 @@ The serving layer extends ``torchship.errors`` with the statuses only a server h
 
 :func:`error_response` is the only mapping from exceptions to responses: our errors carry their status and
 type as class attributes (so the lookup follows the class hierarchy), and third-party exceptions are
-translated by walking their MRO through ``_TRANSLATIONS``. Anything else is a 500 whose message points to
+translated by walking their MRO through ``_TRANSLATIONS`` (the kinds a payload can cause even past the
+checks: bad JSON or UTF-8, a lone surrogate, nesting past the recursion limit, a number too large for a C
+type). Request bodies are parsed by :func:`torchship.serving.protocols.json_body.parse_json`, which
+raises 400s itself; these translations are the net under it. Anything else is a 500 whose message points to
 the server log; no traceback ever reaches a client.
 """
 
@@ -142,10 +147,29 @@ def _bad_text(exc: BaseException) -> TorchshipError:
     return UserInputError(f"The request body is not valid UTF-8 text ({exc}); send UTF-8 encoded text.")
 
 
+def _not_text(exc: BaseException) -> TorchshipError:
+    # Only a str holding a lone surrogate ("\ud800", which JSON and URLs can carry) fails to encode.
+    return UserInputError(
+        f"The request holds a character that is not valid Unicode ({exc}); send valid text."
+    )
+
+
+def _too_deep(exc: BaseException) -> TorchshipError:
+    logger.warning("a request nested too deeply for the server", exc_info=exc)  # or a bug of ours: log it
+    return UserInputError("The request is nested too deeply to process; send a flatter document.")
+
+
+def _too_large_number(exc: BaseException) -> TorchshipError:
+    return UserInputError(f"A number in the request is too large ({exc}); send smaller numbers.")
+
+
 # Third-party exceptions we know how to explain, looked up along the exception's MRO.
 _TRANSLATIONS: dict[type[BaseException], Callable[[BaseException], TorchshipError]] = {
     json.JSONDecodeError: _bad_json,
     UnicodeDecodeError: _bad_text,
+    UnicodeEncodeError: _not_text,
+    RecursionError: _too_deep,
+    OverflowError: _too_large_number,
 }
 
 

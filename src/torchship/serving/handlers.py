@@ -16,7 +16,6 @@ into requests that are batched like any others.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 
 from torchship.errors import PackageError, UserInputError
 from torchship.serving.api import ModelAPI
+from torchship.serving.json_body import NotJSONError, parse_json
 
 __all__ = ["BUILTIN_HANDLERS", "TextClassifierAPI", "plan_groups"]
 
@@ -189,13 +189,18 @@ def _pad(sequences: list[list[int]], pad_id: int, device: Any = None) -> tuple[A
 
 def _parse(payload: Any) -> _Item | UserInputError:
     if isinstance(payload, bytes):
+        raw = payload
         try:
-            payload = payload.decode("utf-8")
+            payload = raw.decode("utf-8")
         except UnicodeDecodeError:
             return UserInputError(f"The request body is not UTF-8 text; {_USAGE}")
         if payload.lstrip().startswith("{"):
-            with contextlib.suppress(ValueError):  # else a text that happens to start with "{"
-                payload = json.loads(payload)
+            try:
+                payload = parse_json(raw, "The request body")
+            except NotJSONError:
+                pass  # a text that happens to start with "{"
+            except UserInputError as exc:  # JSON the server refuses (too deep, a lone surrogate, ...)
+                return exc
     if isinstance(payload, str):
         return _Item(payload, None)
     if not isinstance(payload, dict):

@@ -1,6 +1,17 @@
 """What ``ModelAPI.load`` accepts by default: a torchship package, TorchScript, or a ``torch.export`` file.
 
-Pickles are refused: ``torch.load`` of a full model or of a state dict can run code from the file, and a
+Only a torchship package is data: safetensors weights and JSON, nothing in it runs when it loads. The two
+model files are code, and are loaded only because the operator chose them:
+
+* TorchScript holds the model's program, which ``torch.jit.load`` compiles and the worker runs;
+* ``torch.export.load`` unpickles parts of a ``.pt2`` file (``pickle.loads`` and ``torch.load`` with
+  ``weights_only=False`` for some weights, constants and custom objects, in torch 2.x), and torch offers
+  no load that refuses those parts, so a crafted ``.pt2`` can run any code.
+
+So the operator decides: a ``model_path`` given in code (``MyAPI(model_path="model.pt2").start()``) is
+loaded, as the operator's own choice, while the management API registers a model file only when the
+server runs with ``allow_code_models`` (see :mod:`torchship.serving.sources`). Plain pickles
+(``torch.save`` of a model or a state dict) are refused everywhere: besides running code from the file, a
 state dict alone does not say how to build the model. The message says what to do instead.
 """
 
@@ -26,7 +37,10 @@ _PICKLE_ADVICE = (
 
 def load_model_file(path: str | Path) -> Any:
     """Load ``path`` for serving: a package directory → ``ModelPackage``; TorchScript → ``ScriptModule``;
-    ``.pt2`` → the exported program's module. Anything else is a :class:`PackageError` that says why."""
+    ``.pt2`` → the exported program's module. Anything else is a :class:`PackageError` that says why.
+
+    TorchScript and ``.pt2`` files run code from the file while they load (see the module docstring):
+    pass only files the operator trusts."""
     path = Path(path)
     if not path.exists():
         raise PackageError(f"model file not found: {path}")

@@ -3,8 +3,11 @@
 Routing a request is two dictionary lookups. Changes are atomic on the event loop: a version registered
 is routable at once, a new default takes the next request, and an unregistered version stops being
 routable at once while the requests already queued or running on it complete (it is drained before its
-workers stop). The default is the latest version (by number) unless one was set explicitly; removing the
-default moves it to the latest version left. ``on_change`` runs after every change (the snapshot).
+workers stop). A request routed to a version before its body arrived and submitted after the version was
+unregistered finds it marked ``retired`` and is routed again (:meth:`Registry.reroute`): to the new
+default, or a 404 when it named the version. The default is the latest version (by number) that has
+workers, unless one was set explicitly: registering a version with 0 workers, or scaling one to 0, never
+moves the default to it by itself. ``on_change`` runs after every change (the snapshot).
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ class _Model:
     def latest(self) -> str | None:
         return max(self.versions, key=version_key) if self.versions else None
 
+    def pick_default(self) -> None:
+        """Unless set explicitly: the latest version with workers, else the latest (None when empty)."""
+        if self.explicit_default and self.default in self.versions:
+            return
+        staffed = [version for version, served in self.versions.items() if served.target_workers > 0]
+        self.default = max(staffed, key=version_key) if staffed else self.latest()
+        self.explicit_default = False
+
 
 class Registry:
     """Model name → versions → :class:`ServedVersion`, with a default version per model."""
@@ -49,6 +60,11 @@ class Registry:
         self.on_change: Callable[[], None] | None = None
 
     # ---------------------------------------------------------------------------------- lookups
+    def reroute(self, served: ServedVersion, version: str | None) -> ServedVersion:
+        """Where a request routed to ``served`` (asking for ``version``, None for the default) goes now:
+        ``served`` itself unless it was unregistered meanwhile, then what :meth:`get` finds (404 if gone)."""
+        return self.get(served.name, version) if served.retired else served
+
     def get(self, name: str, version: str | None = None) -> ServedVersion:
         """The version asked for, or the default; 404 errors name what is missing."""
         model = self._models.get(name)
@@ -94,13 +110,12 @@ class Registry:
             )
         served = ServedVersion(spec, self._metrics.for_version(name, version))
         model.versions[version] = served
-        if not model.explicit_default:
-            model.default = model.latest()
         try:
             served.scale(workers)
         except Exception:
             await self.unregister(name, version)
             raise
+        model.pick_default()
         self._changed()
         if synchronous and workers > 0:
             try:
@@ -118,8 +133,9 @@ class Registry:
         removed = [
             model.versions.pop(v) for v in ([version] if version is not None else list(model.versions))
         ]
-        if model.default not in model.versions:
-            model.default, model.explicit_default = model.latest(), False
+        for served in removed:
+            served.retired = True  # requests routed here before and submitted from now on go elsewhere
+        model.pick_default()
         if not model.versions:
             del self._models[name]
         self._changed()
@@ -142,13 +158,21 @@ class Registry:
         """Set the number of workers of one version (the default when ``version`` is None)."""
         served = self.get(name, version)
         served.scale(workers)
+        self._model(name).pick_default()
         self._changed()
         if synchronous:
             await served.wait_ready()
         return served
 
+    def begin_shutdown(self) -> None:
+        """From now on no worker is started or replaced (one that exits is gone for good): the server is
+        shutting down. Called first thing at shutdown, before the HTTP side drains."""
+        for served in self.all_versions():
+            served.begin_shutdown()
+
     async def stop_all(self, timeout: float) -> None:
         """Drain every version for up to ``timeout`` seconds, then stop them all (server shutdown)."""
+        self.begin_shutdown()
         drains = [served.drain() for served in self.all_versions()]
         if drains:
             try:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,11 @@ from torchship.serving.protocols.params import parse_bool, parse_float, parse_in
 from torchship.serving.registry import Registry
 from torchship.serving.settings import ModelSettings, ServerSettings
 from torchship.serving.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot
-from torchship.serving.sources import ModelSources, Source
+from torchship.serving.sources import ModelSources, RegistrationLimits, Source
 from torchship.serving.versions import ServedVersion, VersionSpec
 from torchship.store import ModelStore
 
-__all__ = ["Server", "serve_api"]
+__all__ = ["Health", "Server", "serve_api"]
 
 logger = logging.getLogger("torchship.serving")
 
@@ -50,7 +51,13 @@ class Server:
         self.metrics = Metrics()
         self.registry = Registry(self.metrics)
         store = ModelStore(settings.store) if settings.store is not None else None
-        self.sources = ModelSources(store, settings.model_roots, {api.name: type(api) for api in apis})
+        self.sources = ModelSources(
+            store,
+            settings.model_roots,
+            {api.name: type(api) for api in apis},
+            limits=RegistrationLimits.of(settings),
+            allow_code_models=settings.allow_code_models,
+        )
         self.urls: dict[str, str] = {}
         self._apis = list(apis)
         self._packages = list(packages)
@@ -83,7 +90,7 @@ class Server:
         defaults = self.settings.model_defaults
         specs: list[tuple[VersionSpec, int]] = []
         if snapshot is not None:
-            specs += [item for entry in snapshot.entries if (item := self._restore(entry)) is not None]
+            specs += self._restore_all(snapshot.entries)
         store_sources = self.sources.store_sources()
         for name, versions in (snapshot.store_versions if snapshot is not None else {}).items():
             self._known_store.setdefault(name, set()).update(versions)
@@ -108,7 +115,36 @@ class Server:
             specs.append((self._spec(self.sources.package(path), defaults, True), defaults.worker_count))
         return specs
 
-    def _restore(self, entry: SnapshotEntry) -> tuple[VersionSpec, int] | None:
+    def _restore_all(self, entries: Sequence[SnapshotEntry]) -> list[tuple[VersionSpec, int]]:
+        """The snapshot's versions, with at most the worker caps of today's settings: a snapshot records
+        what clients asked for, and replaying it must not spawn more than a client may ask for now."""
+        budget = self.settings.max_workers_total
+        restored: list[tuple[VersionSpec, int]] = []
+        for entry in entries:
+            try:
+                workers = min(entry.workers, self.settings.max_workers_per_version, budget)
+                spec = self._restore(entry, workers)
+            except (ConfigError, TypeError, ValueError) as exc:  # a hand-edited or older snapshot entry
+                logger.warning("snapshot entry %s/%s not restored: %s", entry.name, entry.version, exc)
+                continue
+            if spec is None:
+                continue
+            if workers < entry.workers:
+                logger.warning(
+                    "snapshot entry %s/%s asked for %d workers; starting %d (max_workers_per_version=%d, "
+                    "max_workers_total=%d)",
+                    entry.name,
+                    entry.version,
+                    entry.workers,
+                    workers,
+                    self.settings.max_workers_per_version,
+                    self.settings.max_workers_total,
+                )
+            budget -= workers
+            restored.append((spec, workers))
+        return restored
+
+    def _restore(self, entry: SnapshotEntry, workers: int) -> VersionSpec | None:
         classes = {_qualname(cls): cls for cls in (*BUILTIN_HANDLERS.values(), *self.sources.custom.values())}
         handler = classes.get(entry.handler)
         if handler is None or (entry.path and not Path(entry.path).exists()):
@@ -116,9 +152,26 @@ class Server:
                 "snapshot entry %s/%s not restored: its handler or files are gone", entry.name, entry.version
             )
             return None
-        settings = ModelSettings.from_dict(entry.settings)
-        api = handler(model_path=entry.path or None, name=entry.name, **settings.to_dict())
-        return VersionSpec(api, entry.version, entry.url, entry.handler, True), entry.workers
+        own_files = {str(api.model_path) for api in self._apis if api.model_path is not None}
+        is_code = bool(entry.path) and Path(entry.path).is_file() and entry.path not in own_files
+        if is_code and not self.settings.allow_code_models:  # registered while allowed; no longer allowed
+            logger.warning(
+                "snapshot entry %s/%s not restored: its model file runs code when loaded and "
+                "allow_code_models is off",
+                entry.name,
+                entry.version,
+            )
+            return None
+        settings = dict(entry.settings)
+        settings["workers"] = workers
+        if settings.get("max_workers") is not None:
+            settings["max_workers"] = max(
+                workers, min(settings["max_workers"], self.settings.max_workers_per_version)
+            )
+        api = handler(
+            model_path=entry.path or None, name=entry.name, **ModelSettings.from_dict(settings).to_dict()
+        )
+        return VersionSpec(api, entry.version, entry.url, entry.handler, True)
 
     # -------------------------------------------------------------------------------- operations
     async def register_url(self, url: str, params: Mapping[str, str]) -> tuple[ServedVersion, int]:
@@ -134,6 +187,7 @@ class Server:
                 f"Parameter initial_workers must be 0 or more, got {workers}; register with 0 and use the "
                 "scale workers API (PUT /models/{model}?min_worker=N) to add workers later"
             )
+        self._check_workers("initial_workers", workers)
         source = await asyncio.to_thread(self.sources.resolve, url, name, next_version)
         synchronous = parse_bool(params, "synchronous", False)
         spec = self._spec(source, settings.replace(workers=workers))
@@ -148,19 +202,49 @@ class Server:
     async def scale(
         self, name: str, version: str | None, workers: int, max_workers: int, *, synchronous: bool
     ) -> ServedVersion:
-        """``PUT /models/{name}[/{version}]``."""
+        """``PUT /models/{name}[/{version}]``: a 400 naming the limit when the counts exceed the caps."""
         served = self.registry.get(name, version)
+        self._check_workers("min_worker", workers, served)
+        self._check_workers("max_worker", max_workers, served, total=False)
         served.max_workers = max_workers
         return await self.registry.scale(name, version, workers, synchronous=synchronous)
 
-    def health(self) -> str:
-        """TorchServe's ``/ping`` status: Healthy, Partial Healthy or Unhealthy (default versions)."""
-        wanted = [self.registry.get(name) for name in self.registry.names()]
-        wanted = [served for served in wanted if served.target_workers > 0]
-        serving = sum(1 for served in wanted if served.serving_workers > 0)
-        if serving == len(wanted):
-            return "Healthy"
-        return "Partial Healthy" if serving else "Unhealthy"
+    def health(self) -> Health:
+        """TorchServe's ``/ping`` status over the default versions, and which of them cannot serve, why."""
+        defaults = [self.registry.get(name) for name in self.registry.names()]
+        unavailable = [(served, why) for served in defaults if (why := _cannot_serve(served)) is not None]
+        if not unavailable:
+            status = "Healthy"
+        elif len(unavailable) < len(defaults):
+            status = "Partial Healthy"
+        else:
+            status = "Unhealthy"
+        return Health(
+            status,
+            tuple({"modelName": s.name, "modelVersion": s.version, "reason": why} for s, why in unavailable),
+        )
+
+    def _check_workers(
+        self, parameter: str, workers: int, replacing: ServedVersion | None = None, *, total: bool = True
+    ) -> None:
+        """400 when ``workers`` for one version (``replacing`` its current count) would pass a cap."""
+        per_version = self.settings.max_workers_per_version
+        if workers > per_version:
+            raise UserInputError(
+                f"Parameter {parameter}={workers} is more than max_workers_per_version={per_version}, the "
+                "most workers one version may have; ask for fewer, or start the server with a larger "
+                "--max_workers_per_version"
+            )
+        if not total:
+            return
+        others = sum(v.target_workers for v in self.registry.all_versions() if v is not replacing)
+        limit = self.settings.max_workers_total
+        if others + workers > limit:
+            raise UserInputError(
+                f"Parameter {parameter}={workers} would bring the server to {others + workers} workers, more "
+                f"than max_workers_total={limit} ({max(0, limit - others)} more fit now); scale other "
+                "versions down, or start the server with a larger --max_workers_total"
+            )
 
     def write_snapshot(self) -> None:
         """Record the registry (called after every change)."""
@@ -206,12 +290,47 @@ class Server:
         return self.registry.versions(name) if name is not None and name in self.registry.names() else []
 
 
+@dataclass(frozen=True)
+class Health:
+    """The server's health: TorchServe's status word, and the default versions that cannot serve."""
+
+    status: str
+    """``Healthy``, ``Partial Healthy`` (some default versions cannot serve) or ``Unhealthy`` (none can)."""
+    unavailable: tuple[dict[str, str], ...] = ()
+    """``{"modelName", "modelVersion", "reason"}`` for each default version that cannot serve."""
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == "Healthy"
+
+    def body(self) -> dict[str, Any]:
+        """``{"status": ...}`` as TorchServe answers ``/ping``, plus ``unavailable`` when not healthy."""
+        body: dict[str, Any] = {"status": self.status}
+        if self.unavailable:
+            body["unavailable"] = list(self.unavailable)
+        return body
+
+
+def _cannot_serve(served: ServedVersion) -> str | None:
+    """Why a default version cannot answer a request now, or None when it can."""
+    if served.target_workers == 0:
+        return "it has 0 workers: scale it up (PUT /models/{model}/{version}?min_worker=N)"
+    if served.serving_workers > 0:
+        return None
+    if served.load_error is not None:
+        return f"no worker could load the model: {served.load_error}"
+    return "its workers are still loading the model"
+
+
 def _qualname(cls: type[ModelAPI]) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def serve_api(api: ModelAPI, **options: Any) -> None:
-    """Run the full server for one ``ModelAPI`` until SIGINT/SIGTERM (what ``ModelAPI.start`` calls)."""
+    """Run the full server for one ``ModelAPI`` until SIGINT/SIGTERM (what ``ModelAPI.start`` calls).
+
+    ``options`` are ``ServerSettings`` fields, with the same defaults as ``torchship serve`` (token
+    authorization on: keys in ./key_file.json, or ``TORCHSHIP_KEY_FILE``)."""
     from torchship.serving.listeners import run
 
     for key, variable in (
@@ -219,11 +338,16 @@ def serve_api(api: ModelAPI, **options: Any) -> None:
         ("inference_port", "TORCHSHIP_INFERENCE_PORT"),
         ("management_port", "TORCHSHIP_MANAGEMENT_PORT"),
         ("metrics_port", "TORCHSHIP_METRICS_PORT"),
+        ("key_file", "TORCHSHIP_KEY_FILE"),
     ):
         value = os.environ.get(variable)
-        if value is not None:
-            if key != "host" and not value.strip().isdigit():
+        if value is None:
+            continue
+        if key.endswith("_port"):
+            if not value.strip().isdigit():
                 raise ConfigError(f"{variable} must be a port number (0 for any free port), got {value!r}")
-            options[key] = value if key == "host" else int(value)
+            options[key] = int(value)
+        else:
+            options[key] = value
     options.setdefault("use_snapshot", False)  # one model from code: nothing to restore
     run(Server(ServerSettings(**options), apis=[api]))

@@ -35,6 +35,16 @@ MAX_DEFAULT_CPU_WORKERS = 4
 DEFAULT_MAX_REQUEST_SIZE = 6_553_500
 """TorchServe's default ``max_request_size`` in bytes (6.5 MB)."""
 
+# Hard ceilings on what any setting may say, whoever sets it (a register call's parameters included): the
+# operator's own limits (``ServerSettings.max_workers_per_version`` and friends) sit below these.
+MAX_BATCH_SIZE = 4096
+MAX_BATCH_DELAY_MS = 60_000.0
+MAX_JOB_QUEUE_SIZE = 1_000_000
+MAX_TIMEOUT_S = 86_400.0
+MAX_WORKERS_LIMIT = 4096
+
+GiB = 1 << 30
+
 
 @dataclass(frozen=True)
 class ModelSettings:
@@ -79,17 +89,17 @@ class ModelSettings:
     ``mps``. ``gpu`` is read as ``cuda``. The handler finds it as ``self.device``."""
 
     def __post_init__(self) -> None:
-        _check_int("batch_size", self.batch_size, minimum=1)
-        _check_number("max_batch_delay", self.max_batch_delay, minimum=0.0)
+        _check_int("batch_size", self.batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
+        _check_number("max_batch_delay", self.max_batch_delay, minimum=0.0, maximum=MAX_BATCH_DELAY_MS)
         if self.workers is not None:
-            _check_int("workers", self.workers, minimum=0)
-        _check_int("job_queue_size", self.job_queue_size, minimum=1)
-        _check_number("response_timeout", self.response_timeout, minimum=0.001)
-        _check_number("startup_timeout", self.startup_timeout, minimum=0.001)
+            _check_int("workers", self.workers, minimum=0, maximum=MAX_WORKERS_LIMIT)
+        _check_int("job_queue_size", self.job_queue_size, minimum=1, maximum=MAX_JOB_QUEUE_SIZE)
+        _check_number("response_timeout", self.response_timeout, minimum=0.001, maximum=MAX_TIMEOUT_S)
+        _check_number("startup_timeout", self.startup_timeout, minimum=0.001, maximum=MAX_TIMEOUT_S)
         if self.max_workers is not None:
-            _check_int("max_workers", self.max_workers, minimum=self.workers or 0)
+            _check_int("max_workers", self.max_workers, minimum=self.workers or 0, maximum=MAX_WORKERS_LIMIT)
         if self.torch_threads is not None:
-            _check_int("torch_threads", self.torch_threads, minimum=1)
+            _check_int("torch_threads", self.torch_threads, minimum=1, maximum=1024)
         object.__setattr__(self, "device", check_device(self.device))
         object.__setattr__(self, "max_batch_delay", float(self.max_batch_delay))
         object.__setattr__(self, "response_timeout", float(self.response_timeout))
@@ -127,38 +137,142 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Where the three listeners bind and what the server may load. Port 0 asks the OS for a free port."""
+    """Where the three listeners bind, who may call them, what they accept, and what the server may load.
 
+    Every size, count and time a client controls has a limit here, checked before work proportional to it
+    is done. Port 0 asks the OS for a free port."""
+
+    # ------------------------------------------------------------------ listeners
     host: str = "127.0.0.1"
-    """Interface for all three listeners; 127.0.0.1 keeps them private to this machine."""
+    """Default interface for the three listeners; 127.0.0.1 keeps them private to this machine."""
+    inference_address: str | None = None
+    """Where the inference listener binds, as TorchServe writes it (``http://0.0.0.0:8080``,
+    ``https://10.0.0.5:8443``, ``0.0.0.0:8080`` or a bare host); None: ``host`` and ``inference_port``."""
+    management_address: str | None = None
+    """Where the management listener binds (see ``inference_address``); None: ``host`` and
+    ``management_port``. Keep it on a private interface."""
+    metrics_address: str | None = None
+    """Where the metrics listener binds (see ``inference_address``); None: ``host`` and ``metrics_port``."""
     inference_port: int = 8080
     management_port: int = 8081
     metrics_port: int = 8082
+    tls_cert: Path | None = None
+    """PEM certificate chain: with ``tls_key``, every listener speaks HTTPS (one whose ``*_address`` says
+    ``http://`` excepted)."""
+    tls_key: Path | None = None
+    """PEM private key for ``tls_cert``."""
+
+    # ------------------------------------------------------------------ who may call
+    token_auth: bool = True
+    """Require ``Authorization: Bearer <key>`` (TorchServe's token authorization): always on management,
+    and on inference whenever a listener binds a non-loopback address. Turn off only behind a proxy that
+    authenticates (``--token_auth false``, like TorchServe's ``disable_token_authorization``)."""
+    key_file: Path = Path("key_file.json")
+    """Where the generated keys are written at start (owner-only, TorchServe's ``key_file.json`` shape;
+    deleted at shutdown); with ``keys_from_file``, the operator's file the keys are read from (never
+    written). ``torchship key management`` prints a key from it."""
+    keys_from_file: bool = False
+    """Read the keys from ``key_file`` (e.g. a mounted Kubernetes secret) instead of generating them. The
+    environment variables ``TORCHSHIP_MANAGEMENT_KEY``, ``TORCHSHIP_INFERENCE_KEY`` and
+    ``TORCHSHIP_API_KEY`` give a key in either case, before any file."""
+    key_expiration: float | None = None
+    """Minutes a generated management or inference key stays valid (TorchServe's ``token_expiration_min``);
+    None: keys do not expire. A new key comes from ``/token?type=...`` with the API key, which never
+    expires."""
+    inference_auth: bool | None = None
+    """Require the inference key on the inference API: None decides by the bind address (required when a
+    listener binds a non-loopback address), True always, False never."""
+    health_auth: bool = False
+    """Require the inference key on ``/ping`` and ``/v2/health/*`` too (off, so Kubernetes probes work)."""
+    metrics_auth: bool = False
+    """Require the management key on ``/metrics`` (off, so Prometheus can scrape)."""
+    cors_allowed_origins: tuple[str, ...] = ()
+    """Origins (``https://app.example.com``, or ``*``) whose browsers may call the inference API; requests
+    from any other Origin are refused with 403."""
+    management_allowed_origins: tuple[str, ...] = ()
+    """Origins whose browsers may call the management API and ``/metrics`` (none by default: a web page can
+    never drive them)."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names (an ingress's) accepted in the ``Host`` header besides loopback names, on a loopback bind,
+    where anything else is refused as DNS rebinding (``*``: any)."""
+    allow_code_models: bool = False
+    """Let the management API register models whose loading runs code (TorchScript or ``torch.export``
+    files for a ``ModelAPI``, code handlers). Off: only torchship packages (safetensors and JSON)."""
+
+    # ------------------------------------------------------------------ connections
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
-    """Largest request body in bytes; a larger one is answered 413."""
+    """Largest request body in bytes, after decompression; a larger one is answered 413."""
+    max_connections: int = 1000
+    """Open connections per listener; one more is closed at once (the file descriptors stay free for the
+    other listeners and the workers)."""
+    max_header_size: int = 65_536
+    """Bytes of request line and headers per request; more is answered 431 and the connection closed."""
+    header_timeout: float = 10.0
+    """Seconds a client may take to send the request line and headers, from the connection's start or the
+    first byte of a later request; then the connection is closed."""
+    body_timeout: float = 60.0
+    """Seconds a client may take to send a whole request body, from the end of its headers; then it is
+    answered 408 and closed."""
+    keep_alive_timeout: float = 5.0
+    """Seconds an idle keep-alive connection is kept open."""
+    graceful_timeout: float = 30.0
+    """Seconds to wait for in-flight requests at shutdown before closing connections."""
+
+    # ------------------------------------------------------------------ workers
+    max_workers_per_version: int = 16
+    """Most worker processes one version may have; a register or scale call above it is a 400."""
+    max_workers_total: int = 64
+    """Most worker processes the server runs in all, over every version."""
+
+    # ------------------------------------------------------------------ models and the store
     store: Path | None = None
     """Model store served at start (every model, every version) and where archives are published."""
     model_roots: tuple[Path, ...] = ()
     """Directories outside the store from which the management API may register packages by path."""
+    max_archive_size: int = 2 * GiB
+    """Largest archive (``.zip``) the management API registers, in bytes as stored."""
+    max_package_size: int = 4 * GiB
+    """Largest package a registration may unpack or copy into the store, in bytes."""
+    max_package_files: int = 1000
+    """Most files in one registered package."""
+    store_quota: int | None = 50 * GiB
+    """Bytes the store may hold after a registration publishes into it; None: no quota."""
     snapshot: Path | None = None
     """Where the registry snapshot lives; None means ``<store>/.serve-snapshot.json`` when a store is set."""
     use_snapshot: bool = True
     """Restore the snapshot at start and rewrite it on every change."""
-    graceful_timeout: float = 30.0
-    """Seconds to wait for in-flight requests at shutdown before closing connections."""
     model_defaults: ModelSettings = field(default_factory=ModelSettings)
     """Settings for every version registered without its own."""
 
     def __post_init__(self) -> None:
         for name in ("inference_port", "management_port", "metrics_port"):
             _check_int(name, getattr(self, name), minimum=0, maximum=65535)
-        _check_int("max_request_size", self.max_request_size, minimum=1)
-        _check_number("graceful_timeout", self.graceful_timeout, minimum=0.0)
-        if self.store is not None:
-            object.__setattr__(self, "store", Path(self.store))
+        _check_int("max_request_size", self.max_request_size, minimum=1, maximum=64 * GiB)
+        _check_int("max_connections", self.max_connections, minimum=1, maximum=1_000_000)
+        _check_int("max_header_size", self.max_header_size, minimum=1024, maximum=16 << 20)
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+            _check_number(name, getattr(self, name), minimum=0.001, maximum=MAX_TIMEOUT_S)
+        _check_number("graceful_timeout", self.graceful_timeout, minimum=0.0, maximum=MAX_TIMEOUT_S)
+        if self.key_expiration is not None:
+            _check_number("key_expiration", self.key_expiration, minimum=0.001, maximum=1e9)
+        _check_int(
+            "max_workers_per_version", self.max_workers_per_version, minimum=1, maximum=MAX_WORKERS_LIMIT
+        )
+        _check_int("max_workers_total", self.max_workers_total, minimum=1, maximum=MAX_WORKERS_LIMIT)
+        _check_int("max_archive_size", self.max_archive_size, minimum=1)
+        _check_int("max_package_size", self.max_package_size, minimum=1)
+        _check_int("max_package_files", self.max_package_files, minimum=1)
+        if self.store_quota is not None:
+            _check_int("store_quota", self.store_quota, minimum=1)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key: give both (HTTPS) or neither (HTTP)")
+        for name in ("store", "snapshot", "tls_cert", "tls_key"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        object.__setattr__(self, "key_file", Path(self.key_file))
         object.__setattr__(self, "model_roots", tuple(Path(root) for root in self.model_roots))
-        if self.snapshot is not None:
-            object.__setattr__(self, "snapshot", Path(self.snapshot))
+        for name in ("cors_allowed_origins", "management_allowed_origins", "allowed_hosts"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
     def snapshot_path(self) -> Path | None:
@@ -221,8 +335,8 @@ def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = 
         raise ConfigError(f"{name}: must be {bound}, got {value}")
 
 
-def _check_number(name: str, value: object, *, minimum: float) -> None:
+def _check_number(name: str, value: object, *, minimum: float, maximum: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{name}: expected a number, got {value!r}")
-    if value < minimum or value != value:  # value != value catches NaN
-        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    if not minimum <= value <= maximum:  # also false for NaN
+        raise ConfigError(f"{name}: must be between {minimum:g} and {maximum:g}, got {value}")

@@ -5,42 +5,80 @@
 * a model in the store: ``bbc`` (its latest version) or ``bbc/2`` (``bbc:2`` also works);
 * a package directory or a ``.zip`` of one, as a path inside the store root or inside a directory the
   operator allowed with ``--model_roots`` (relative paths are taken from the store root);
-* for a model served by ``ModelAPI.start()``, a model file (TorchScript, ``.pt2``) for a new version.
+* for a model served by ``ModelAPI.start()``, a model file (TorchScript, ``.pt2``) for a new version,
+  only when the operator allowed it (``allow_code_models``): loading such a file runs code from it.
 
 Anything else is refused with 400 and the reason: remote URLs (the server never downloads), paths that
 leave the allowed directories through ``..`` or a symlink, packages that contain symlinks. A package
 from outside the store, and every archive, is published into the store as a new version (an archive is
 extracted member by member, refusing absolute names, ``..``, links and oversized contents), so that the
 store stays the record of what is served and the snapshot can find it again after a restart.
+
+What a registration may cost is bounded by :class:`RegistrationLimits` (the server's settings), checked
+before anything is copied: the archive's size as stored, the package's size and file count (declared
+sizes first, then the bytes actually written), and the store's quota after the copy. A package whose
+content is identical to a version already in the store (every file the same, config.json apart from its
+version) is not copied again: that version is served instead, so re-registering cannot grow the store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
+import os
 import re
-import shutil
 import stat
+import threading
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from torchship.errors import NotFoundError, PackageError, UserInputError, VersionExistsError
 from torchship.serving.api import ModelAPI
 from torchship.serving.handlers import BUILTIN_HANDLERS
-from torchship.store import ModelStore, read_config, validate_name
+from torchship.serving.settings import ServerSettings
+from torchship.store import ModelStore, PackageConfig, read_config, validate_name
+from torchship.store.package import MAX_CONFIG_BYTES
 
-__all__ = ["ModelSources", "Source"]
+__all__ = ["ModelSources", "RegistrationLimits", "Source"]
 
 logger = logging.getLogger("torchship.serving")
 
-MAX_ARCHIVE_BYTES = 4 << 30  # uncompressed; a zip bomb stops here
-MAX_ARCHIVE_FILES = 1000
 _STORE_REF = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})(?:[/:]([1-9][0-9]*))?$")
+_MAX_PATH = 4096  # PATH_MAX on Linux
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+@dataclass(frozen=True)
+class RegistrationLimits:
+    """What one registration may put into the store (see :class:`ServerSettings` for each field)."""
+
+    max_archive_size: int = ServerSettings.max_archive_size
+    max_package_size: int = ServerSettings.max_package_size
+    max_package_files: int = ServerSettings.max_package_files
+    store_quota: int | None = ServerSettings.store_quota
+
+    @classmethod
+    def of(cls, settings: ServerSettings) -> RegistrationLimits:
+        return cls(
+            settings.max_archive_size,
+            settings.max_package_size,
+            settings.max_package_files,
+            settings.store_quota,
+        )
+
+
+# A package's files by path inside it ("model.safetensors", "plots/loss.png") → size in bytes, and a way
+# to open each for reading; for a directory and for an archive alike.
+_Manifest = dict[str, int]
+_Opener = Callable[[str], AbstractContextManager[IO[bytes]]]
 
 
 @dataclass(frozen=True)
@@ -62,10 +100,18 @@ class ModelSources:
         store: ModelStore | None,
         model_roots: Sequence[Path] = (),
         custom: Mapping[str, type[ModelAPI]] | None = None,
+        *,
+        limits: RegistrationLimits | None = None,
+        allow_code_models: bool = False,
     ) -> None:
         self.store = store
         self.model_roots = tuple(Path(root).resolve() for root in model_roots)
         self.custom = dict(custom or {})
+        self.limits = limits or RegistrationLimits()
+        self.allow_code_models = allow_code_models
+        # One publish at a time: the quota check and the identical-package check must see the store as
+        # the copy will leave it (registrations resolve in worker threads).
+        self._publishing = threading.Lock()
 
     def store_sources(self) -> list[Source]:
         """Every version of every model in the store (what ``torchship serve --store`` serves)."""
@@ -113,6 +159,12 @@ class ModelSources:
                 f"Cannot register {url}: only torchship packages (directories or .zip archives) can be "
                 "registered here; model files need the ModelAPI class that serves them"
             )
+        if not self.allow_code_models:
+            raise UserInputError(
+                f"Cannot register {url}: loading a model file (TorchScript or torch.export .pt2) runs code "
+                "from it, so the management API registers one only when the operator starts the server "
+                "with --allow_code_models true. Register a torchship package (safetensors) instead"
+            )
         return Source(path, name, str(next_version), str(path), self.custom[name])
 
     def _allowed_path(self, url: str) -> Path:
@@ -121,27 +173,45 @@ class ModelSources:
             raise UserInputError(
                 f"Cannot register {url}: the server has no store and no --model_roots, so it loads no paths"
             )
+        if len(url) > _MAX_PATH or "\x00" in url:
+            raise UserInputError(
+                f"Cannot register {url[:80]!r}: a path has at most {_MAX_PATH} characters and no NUL"
+            )
         # Containment first, on the fully resolved path (.. and symlinks followed), so that the answer
         # never tells whether something exists outside the allowed directories.
-        path = (roots[0] / url).resolve()
-        if not any(path.is_relative_to(root) for root in roots):
+        try:
+            path = (roots[0] / url).resolve()
+            contained = any(path.is_relative_to(root) for root in roots)
+            found = contained and path.exists()
+        except (OSError, ValueError) as exc:  # a name too long for the file system, say
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise UserInputError(f"Cannot register {url[:80]!r}: not a usable path ({reason})") from None
+        if not contained:
             raise UserInputError(
                 f"Cannot register {url}: it resolves to a path outside the model store and the allowed "
                 "--model_roots (.. and symlinks may not leave them). Copy the package there, or start the "
                 "server with --model_roots DIR"
             )
-        if not path.exists():
+        if not found:
             raise NotFoundError(f"Model not found in model store: {url}")
         return path
 
     def _from_directory(self, path: Path, model_name: str | None) -> Source:
-        _refuse_links(path)
         in_store = self.store_version(path)
+        manifest = _directory_manifest(path, self.limits)  # refuses symlinks and too many files first
         if in_store is not None:
             return self.package(path, model_name, in_store[1])
         if self.store is None:
             return self.package(path, model_name)
-        return self._publish(model_name or read_config(path).name, lambda tmp: _copy_package(path, tmp))
+        config = _read_json_config(functools.partial(_open_file, path), manifest)
+        budget = _Budget(self.limits.max_package_size)
+        return self._publish(
+            model_name or str(config.get("name", "")),
+            manifest,
+            config,
+            functools.partial(_open_file, path),
+            lambda tmp: _copy_package(path, tmp, budget),
+        )
 
     def _from_archive(self, path: Path, model_name: str | None) -> Source:
         if self.store is None:
@@ -149,25 +219,103 @@ class ModelSources:
                 f"Cannot register {path.name}: archives are published into a store; "
                 "start the server with --store DIR"
             )
-        with zipfile.ZipFile(path) as archive:
-            config = _archive_config(archive)
-            return self._publish(
-                model_name or str(config.get("name", path.stem)), lambda tmp: _extract(archive, tmp)
+        size = path.stat().st_size
+        if size > self.limits.max_archive_size:
+            raise UserInputError(
+                f"Cannot register {path.name}: the archive has {size} bytes, more than max_archive_size="
+                f"{self.limits.max_archive_size} (a server setting)"
             )
+        try:
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as exc:
+            raise PackageError(
+                f"Cannot register {path.name}: it is not a readable .zip archive ({exc})"
+            ) from exc
+        with archive:
+            members = _archive_members(archive, self.limits)
+            manifest = {name: member.file_size for name, member in members.items()}
+            opener = functools.partial(_open_member, archive, members)
+            budget = _Budget(self.limits.max_package_size)
+            try:
+                config = _read_json_config(opener, manifest)
+                return self._publish(
+                    model_name or str(config.get("name", path.stem)),
+                    manifest,
+                    config,
+                    opener,
+                    lambda tmp: _extract(archive, members, tmp, budget),
+                )
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+                # A damaged member (bad CRC, truncated data) or one compressed in a way zipfile cannot read.
+                raise PackageError(f"Cannot register {path.name}: the archive is damaged ({exc})") from exc
 
-    def _publish(self, name: str, fill: Callable[[Path], None]) -> Source:
+    def _publish(
+        self,
+        name: str,
+        manifest: _Manifest,
+        config: dict[str, object],
+        opener: _Opener,
+        fill: Callable[[Path], None],
+    ) -> Source:
         assert self.store is not None
         name = validate_name(name)
-        for _ in range(5):  # another publisher may take the number we picked; take the next one
-            version = (self.store.latest(name) or 0) + 1
-            try:
-                self.store.publish(
-                    name, functools.partial(_fill_and_stamp, fill, name=name, version=version), version
-                )
-            except VersionExistsError:
-                continue
-            return self.package(self.store.path(name, version))
+        with self._publishing:
+            same = self._identical_version(name, manifest, config, opener)
+            if same is not None:
+                logger.info("the package is identical to %s version %d: serving that version", name, same)
+                return self.package(self.store.path(name, same))
+            self._check_quota(sum(manifest.values()))
+            for _ in range(5):  # another publisher may take the number we picked; take the next one
+                version = (self.store.latest(name) or 0) + 1
+                try:
+                    self.store.publish(
+                        name, functools.partial(_fill_and_stamp, fill, name=name, version=version), version
+                    )
+                except VersionExistsError:
+                    continue
+                return self.package(self.store.path(name, version))
         raise PackageError(f"Could not publish {name}: the store kept changing; try again")
+
+    def _identical_version(
+        self, name: str, manifest: _Manifest, config: dict[str, object], opener: _Opener
+    ) -> int | None:
+        """The newest store version of ``name`` with the same files and config (apart from name and
+        version), or None. Sizes are compared first, so only a likely match is read."""
+        assert self.store is not None
+        for version in reversed(self.store.versions(name)):
+            folder = self.store.path(name, version)
+            try:
+                theirs = _directory_manifest(folder, self.limits)
+            except UserInputError:
+                continue
+            if theirs.keys() != manifest.keys() or any(
+                theirs[item] != size for item, size in manifest.items() if item != "config.json"
+            ):
+                continue
+            if _comparable(_read_json_config(functools.partial(_open_file, folder), theirs)) != _comparable(
+                config
+            ):
+                continue
+            if all(
+                _same_bytes(opener, functools.partial(_open_file, folder), item)
+                for item in manifest
+                if item != "config.json"
+            ):
+                return version
+        return None
+
+    def _check_quota(self, incoming: int) -> None:
+        assert self.store is not None
+        quota = self.limits.store_quota
+        if quota is None:
+            return
+        used = _tree_size(self.store.root)
+        if used + incoming > quota:
+            raise UserInputError(
+                f"Cannot register the package: it has {incoming} bytes and the store holds {used}, more "
+                f"than store_quota={quota} together (a server setting). Delete old versions from the store, "
+                "or start the server with a larger --store_quota"
+            )
 
     def store_version(self, path: Path) -> tuple[str, str] | None:
         """``(name, version)`` when ``path`` is a version directory of the store, else None."""
@@ -202,22 +350,117 @@ def _display(path: Path, store: ModelStore | None) -> str:
     return str(path)
 
 
-def _refuse_links(root: Path) -> None:
-    for item in root.rglob("*"):
-        if item.is_symlink():
+class _Budget:
+    """Bytes a registration may still write: counts what is actually written (declared sizes can lie)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def take(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
             raise UserInputError(
-                f"Cannot register {root}: it contains a symlink ({item.name}); copy real files"
+                f"The package unpacks to more than max_package_size={self.limit} bytes (a server setting)"
             )
 
 
-def _copy_package(source: Path, target: Path) -> None:
+def _directory_manifest(root: Path, limits: RegistrationLimits) -> _Manifest:
+    """Every file under ``root`` and its size; symlinks, too many files or bytes are refused on the way."""
+    manifest: _Manifest = {}
+    total = 0
+    for folder, directories, files in os.walk(root):
+        for entry in (*directories, *files):
+            item = Path(folder) / entry
+            if item.is_symlink():
+                raise UserInputError(
+                    f"Cannot register {root}: it contains a symlink ({entry}); copy real files"
+                )
+        for entry in files:
+            item = Path(folder) / entry
+            manifest[item.relative_to(root).as_posix()] = size = item.stat().st_size
+            total += size
+            if len(manifest) > limits.max_package_files:
+                raise UserInputError(
+                    f"Cannot register {root}: it has more than max_package_files={limits.max_package_files} "
+                    "files (a server setting)"
+                )
+    if total > limits.max_package_size:
+        raise UserInputError(
+            f"Cannot register {root}: it holds {total} bytes, more than max_package_size="
+            f"{limits.max_package_size} (a server setting)"
+        )
+    return manifest
+
+
+def _open_file(root: Path, name: str) -> IO[bytes]:
+    return (root / name).open("rb")
+
+
+def _open_member(archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], name: str) -> IO[bytes]:
+    return archive.open(members[name])
+
+
+def _read_json_config(opener: _Opener, manifest: _Manifest) -> dict[str, object]:
+    if "config.json" not in manifest:
+        raise PackageError("The package holds no torchship package (no config.json at its root)")
+    with opener("config.json") as file:
+        raw = file.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise PackageError(f"The package's config.json is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise PackageError(f"The package's config.json cannot be read: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PackageError("The package's config.json must hold a JSON object")
+    return data
+
+
+def _comparable(config: dict[str, object]) -> dict[str, object]:
+    """The config as the store writes it (defaults filled in), without the name and version it stamps."""
+    # One that does not parse is compared as it is: _fill_and_stamp refuses it later, with the reason.
+    with contextlib.suppress(UserInputError, TypeError, ValueError, AttributeError):
+        config = PackageConfig.from_dict(config).to_dict()
+    return {key: value for key, value in config.items() if key not in ("name", "version")}
+
+
+def _same_bytes(ours: _Opener, theirs: _Opener, name: str) -> bool:
+    with ours(name) as left, theirs(name) as right:
+        while True:
+            chunk = left.read(1 << 20)
+            if chunk != right.read(len(chunk) or 1):
+                return False
+            if not chunk:
+                return True
+
+
+def _tree_size(root: Path) -> int:
+    total = 0
+    for folder, _, files in os.walk(root):
+        for entry in files:
+            try:
+                total += (Path(folder) / entry).lstat().st_size
+            except OSError:  # removed meanwhile (a temporary directory of a publish)
+                continue
+    return total
+
+
+def _copy_package(source: Path, target: Path, budget: _Budget) -> None:
     for item in source.rglob("*"):
         destination = target / item.relative_to(source)
         if item.is_dir():
             destination.mkdir(parents=True, exist_ok=True)
-        else:
+        elif item.is_file() and not item.is_symlink():
             destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(item, destination, follow_symlinks=False)
+            with item.open("rb") as reader, destination.open("wb") as sink:
+                _copy_stream(reader, sink, budget)
+
+
+def _copy_stream(reader: IO[bytes], sink: IO[bytes], budget: _Budget) -> None:
+    while chunk := reader.read(1 << 20):
+        budget.take(len(chunk))
+        sink.write(chunk)
 
 
 def _archive_prefix(names: list[str]) -> str:
@@ -228,40 +471,43 @@ def _archive_prefix(names: list[str]) -> str:
     return f"{tops.pop()}/" if len(tops) == 1 and any(n.endswith("/config.json") for n in names) else ""
 
 
-def _archive_config(archive: zipfile.ZipFile) -> dict[str, object]:
-    names = archive.namelist()
-    prefix = _archive_prefix(names)
-    if f"{prefix}config.json" not in names:
-        raise PackageError("The archive holds no torchship package (no config.json at its root)")
-    try:
-        data = json.loads(archive.read(f"{prefix}config.json"))
-    except (ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise PackageError(f"The archive's config.json cannot be read: {exc}") from exc
-    return data if isinstance(data, dict) else {}
-
-
-def _extract(archive: zipfile.ZipFile, target: Path) -> None:
-    members = archive.infolist()
-    if len(members) > MAX_ARCHIVE_FILES:
+def _archive_members(archive: zipfile.ZipFile, limits: RegistrationLimits) -> dict[str, zipfile.ZipInfo]:
+    """The archive's files by their path inside the package, checked before anything is extracted:
+    count, declared sizes, names that would land outside the package, links."""
+    infos = archive.infolist()
+    if len(infos) > limits.max_package_files:
         raise UserInputError(
-            f"The archive has {len(members)} files; a package has at most {MAX_ARCHIVE_FILES}"
+            f"The archive has {len(infos)} members, more than max_package_files={limits.max_package_files} "
+            "(a server setting)"
         )
-    prefix = _archive_prefix([member.filename for member in members])
-    budget = MAX_ARCHIVE_BYTES
-    root = target.resolve()
-    for member in members:
-        name = member.filename[len(prefix) :] if member.filename.startswith(prefix) else member.filename
+    prefix = _archive_prefix([info.filename for info in infos])
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename[len(prefix) :] if info.filename.startswith(prefix) else info.filename
         if not name or name.endswith("/"):
             continue
+        if name.startswith(("/", "\\")) or ".." in Path(name).parts or Path(name).is_absolute():
+            raise UserInputError(f"The archive member {info.filename!r} would land outside the package")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise UserInputError(f"The archive member {info.filename!r} is a symlink; packages hold files")
+        members[Path(name).as_posix()] = info
+    declared = sum(info.file_size for info in members.values())
+    if declared > limits.max_package_size:
+        raise UserInputError(
+            f"The archive unpacks to {declared} bytes, more than max_package_size={limits.max_package_size} "
+            "(a server setting)"
+        )
+    return members
+
+
+def _extract(
+    archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], target: Path, budget: _Budget
+) -> None:
+    root = target.resolve()
+    for name, member in members.items():
         destination = (target / name).resolve()
-        if name.startswith(("/", "\\")) or ".." in Path(name).parts or not destination.is_relative_to(root):
+        if not destination.is_relative_to(root):
             raise UserInputError(f"The archive member {member.filename!r} would land outside the package")
-        if stat.S_ISLNK(member.external_attr >> 16):
-            raise UserInputError(f"The archive member {member.filename!r} is a symlink; packages hold files")
         destination.parent.mkdir(parents=True, exist_ok=True)
         with archive.open(member) as source, destination.open("wb") as sink:
-            while chunk := source.read(1 << 20):
-                budget -= len(chunk)
-                if budget < 0:
-                    raise UserInputError(f"The archive unpacks to more than {MAX_ARCHIVE_BYTES >> 30} GiB")
-                sink.write(chunk)
+            _copy_stream(source, sink, budget)

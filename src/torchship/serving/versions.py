@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from torchship.errors import VersionNotFoundError
 from torchship.serving.api import ModelAPI
 from torchship.serving.batcher import Batch, Batcher
 from torchship.serving.errors import (
@@ -99,10 +100,15 @@ class ServedVersion:
         self._expiry: tuple[float, asyncio.Handle] | None = None
         self._seconds_per_request = 0.0  # moving average, for Retry-After
         self._drained: list[asyncio.Future[None]] = []
+        self.retired = False
+        """Set by ``Registry.unregister``: no new request may be queued here (see :meth:`submit`)."""
 
     # ----------------------------------------------------------------------------------- requests
     def submit(self, content_type: str, body: bytes) -> asyncio.Future[Outcome]:
-        """Queue one request; the future resolves to its :class:`Outcome`. Raises 503 errors at once."""
+        """Queue one request; the future resolves to its :class:`Outcome`. Raises 503 errors at once, and a
+        404 once the version is unregistered (callers route again first: ``Registry.reroute``)."""
+        if self.retired:
+            raise VersionNotFoundError(f"Model version: {self.version} does not exist for model: {self.name}")
         if self._pool.target == 0:
             raise self._no_workers()
         if self._pool.serving == 0 and self._pool.load_error is not None:  # fail fast while it cannot load
@@ -146,10 +152,9 @@ class ServedVersion:
         self.metrics.batch_size.observe(len(batch.items))
         timer = self._loop.call_later(self.settings.response_timeout, self._on_batch_timeout, batch_id)
         self._running[batch_id] = _Running(worker, batch.items, timer)
-        try:
-            worker.run(batch_id, [(job.content_type, job.body) for job in batch.items])
-        except OSError:
-            logger.warning("worker %s went away while receiving a batch", worker.id)  # its exit fails it
+        # Never blocks: what the pipe does not take at once is written as the worker reads it. A worker
+        # that is gone fails the batch through its exit.
+        worker.run(batch_id, [(job.content_type, job.body) for job in batch.items])
 
     def _wake_at(self, when: float) -> None:
         if self._wake is not None and self._wake[0] <= when:
@@ -263,6 +268,10 @@ class ServedVersion:
             self.metrics.queue_depth.set(0)
             self._notify_drained()
 
+    def begin_shutdown(self) -> None:
+        """The server is shutting down: no worker of this version is started or replaced any more."""
+        self._pool.close()
+
     def _cannot_load(self, reason: str) -> ServiceUnavailableError:
         return ServiceUnavailableError(
             f'Model "{self.name}" Version {self.version} has no worker: loading failed ({reason}). Fix the '
@@ -300,6 +309,11 @@ class ServedVersion:
     @property
     def target_workers(self) -> int:
         return self._pool.target
+
+    @property
+    def live_workers(self) -> int:
+        """Worker processes running or starting, not counting those being stopped."""
+        return self._pool.live
 
     @property
     def serving_workers(self) -> int:

@@ -40,6 +40,8 @@ METRICS_FILE = "metrics.json"
 CARD_FILE = "card.md"
 PACKAGE_FORMAT = 1
 TEXT_CLASSIFIER = "text-classifier"
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest ``config.json`` read (a real one is a few KB); a larger one is a :class:`PackageError`."""
 
 
 def _torchship_version() -> str:
@@ -203,11 +205,17 @@ def read_config(path: str | Path) -> PackageConfig:
             "Train one with `torchship train` or point at <store>/<name>[/<version>]."
         )
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        with file.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise PackageError(f"{file} is larger than {MAX_CONFIG_BYTES} bytes; it is not a package config.")
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, bad JSON, huge integers
         raise PackageError(f"Cannot read {file}: {exc}.") from exc
     if not isinstance(data, dict):
         raise PackageError(f"{file} must hold a JSON object.")
+    if not isinstance(data.get("format", PACKAGE_FORMAT), int):
+        raise PackageError(f"{file}: format must be an integer, got {data['format']!r}.")
     if data.get("format", PACKAGE_FORMAT) > PACKAGE_FORMAT:
         raise PackageError(
             f"{path} uses package format {data['format']}, newer than this torchship understands "
@@ -215,7 +223,7 @@ def read_config(path: str | Path) -> PackageConfig:
         )
     try:
         return PackageConfig.from_dict(data)
-    except (ConfigError, TypeError, ValueError) as exc:
+    except (ConfigError, TypeError, ValueError, AttributeError) as exc:  # AttributeError: "model" not a dict
         raise PackageError(f"Invalid {file}: {exc}") from exc
 
 

@@ -15,13 +15,14 @@ T = TypeVar("T")
 
 
 def paginate(items: Sequence[T], limit: int, token: int) -> tuple[list[T], int | None]:
-    """TorchServe's paging: ``limit`` outside 0..100 means 100, a negative token means 0; returns the page
-    and the next token (None on the last page).
+    """TorchServe's paging: ``limit`` outside 1..100 means 100, a negative token means 0; returns the page
+    and the next token (None on the last page). Every page but the last holds at least one item, so
+    following ``nextPageToken`` always ends.
 
     >>> paginate(["a", "b", "c"], limit=2, token=0)
     (['a', 'b'], 2)
     """
-    if limit > 100 or limit < 0:
+    if limit > 100 or limit < 1:
         limit = 100
     token = max(0, token)
     last = token + limit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from torchship.errors import UserInputError
@@ -15,9 +16,9 @@ def parse_int(params: Mapping[str, str], name: str, default: int) -> int:
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        return int(value)  # more digits than sys.get_int_max_str_digits() is a ValueError too
     except ValueError:
-        raise UserInputError(f"Parameter {name} must be an integer, got {value!r}") from None
+        raise UserInputError(f"Parameter {name} must be an integer, got {_shown(value)}") from None
 
 
 def parse_float(params: Mapping[str, str], name: str) -> float | None:
@@ -26,9 +27,12 @@ def parse_float(params: Mapping[str, str], name: str) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise UserInputError(f"Parameter {name} must be a number, got {value!r}") from None
+        raise UserInputError(f"Parameter {name} must be a number, got {_shown(value)}") from None
+    if not math.isfinite(number):
+        raise UserInputError(f"Parameter {name} must be a finite number, got {_shown(value)}")
+    return number
 
 
 def parse_bool(params: Mapping[str, str], name: str, default: bool) -> bool:
@@ -41,4 +45,9 @@ def parse_bool(params: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if lowered in ("false", "0", "no"):
         return False
-    raise UserInputError(f"Parameter {name} must be true or false, got {value!r}")
+    raise UserInputError(f"Parameter {name} must be true or false, got {_shown(value)}")
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """``value`` quoted for a message, cut to ``limit`` characters (a client may send megabytes)."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"

@@ -17,6 +17,7 @@ from torchship.errors import TorchshipError, UserInputError
 from torchship.serving.errors import ErrorResponse
 from torchship.serving.execution import Outcome
 from torchship.serving.http import Request, Response, Route, json_response, torchserve_error
+from torchship.serving.json_body import parse_json
 from torchship.serving.protocols.describe import describe, paginate
 from torchship.serving.protocols.params import parse_bool, parse_int
 
@@ -32,14 +33,16 @@ def inference_routes(server: Server) -> list[Route]:
     """``GET /ping`` and ``POST /predictions/{model}[/{version}]``."""
 
     async def ping(request: Request) -> Response:
-        status = server.health()
-        return json_response({"status": status}, 500 if status == "Unhealthy" else 200)
+        health = server.health()
+        return json_response(health.body(), 500 if health.status == "Unhealthy" else 200)
 
     async def predict(request: Request) -> Response:
         start = time.perf_counter()
-        served = server.registry.get(request.params["model"], request.params.get("version"))
+        version = request.params.get("version")
+        served = server.registry.get(request.params["model"], version)
         try:
             body = await request.body(server.settings.max_request_size)
+            served = server.registry.reroute(served, version)  # unregistered while the body arrived?
             outcome = await served.submit(request.header(b"content-type").decode("latin-1"), body)
         except TorchshipError as exc:
             served.metrics.request_done(exc.status, time.perf_counter() - start)
@@ -140,12 +143,16 @@ async def _register_params(request: Request, limit: int) -> dict[str, str]:
     params = dict(request.query)
     if request.header(b"content-type").split(b";")[0].strip() == b"application/json":
         body = await request.body(limit)
-        data = json.loads(body) if body.strip() else {}
+        data = parse_json(body, "The registration body") if body.strip() else {}
         if not isinstance(data, dict):
             raise UserInputError('The registration body must be a JSON object such as {"url": "bbc"}')
-        params.update({key: _as_param(value) for key, value in data.items()})
+        params.update({key: _as_param(key, value) for key, value in data.items()})
     return params
 
 
-def _as_param(value: object) -> str:
-    return json.dumps(value) if isinstance(value, bool) else str(value)
+def _as_param(key: str, value: object) -> str:
+    if isinstance(value, bool):
+        return json.dumps(value)
+    if value is None or isinstance(value, str | int | float):
+        return str(value) if value is not None else ""
+    raise UserInputError(f"Registration parameter {key[:40]!r} must be a string, number or boolean")

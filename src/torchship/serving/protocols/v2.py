@@ -21,7 +21,8 @@ from torchship.errors import TorchshipError, UserInputError
 from torchship.serving.errors import ErrorResponse, QueueFullError
 from torchship.serving.execution import Outcome
 from torchship.serving.http import Request, Response, Route, Scope, json_response
-from torchship.serving.protocols.v2_tensors import outputs_from_results, split_inputs
+from torchship.serving.json_body import parse_json
+from torchship.serving.protocols.v2_tensors import outputs_from_results, read_inputs, to_requests
 from torchship.serving.versions import ServedVersion
 
 if TYPE_CHECKING:
@@ -44,8 +45,10 @@ def v2_routes(server: Server) -> list[Route]:
         return json_response({"live": True})
 
     async def ready(request: Request) -> Response:
-        is_ready = server.health() == "Healthy"
-        return json_response({"ready": is_ready}, 200 if is_ready else 400)
+        health = server.health()
+        if health.healthy:
+            return json_response({"ready": True})
+        return json_response({"ready": False, "unavailable": list(health.unavailable)}, 400)
 
     async def metadata(request: Request) -> Response:
         return json_response({"name": "torchship", "version": __version__, "extensions": []})
@@ -70,9 +73,11 @@ def v2_routes(server: Server) -> list[Route]:
 
     async def infer(request: Request) -> Response:
         start = time.perf_counter()
-        served = registry.get(request.params["model"], request.params.get("version"))
+        version = request.params.get("version")
+        served = registry.get(request.params["model"], version)
         try:
             body = await request.body(server.settings.max_request_size)
+            served = registry.reroute(served, version)  # unregistered while the body arrived?
             response = await _infer(served, body)
         except TorchshipError as exc:
             served.metrics.request_done(exc.status, time.perf_counter() - start)
@@ -95,26 +100,42 @@ def v2_routes(server: Server) -> list[Route]:
 
 
 async def _infer(served: ServedVersion, body: bytes) -> Response:
-    document = json.loads(body)
+    document = parse_json(body, "The inference request")
     if not isinstance(document, dict):
         raise UserInputError('The inference request must be a JSON object with "inputs"')
-    rows = split_inputs(document.get("inputs"))
-    free = served.settings.job_queue_size - served.pending
-    if len(rows) > free:
-        raise QueueFullError(
-            f"The request has {len(rows)} elements but only {free} fit in the queue of model "
-            f'"{served.name}" now; send fewer at once or retry later',
-            retry_after=1,
-        )
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise UserInputError('The inference request\'s "id" must be a string')
+    tensors = read_inputs(document.get("inputs"))
+    _check_capacity(served, tensors[0].rows)  # before a single row is built
+    requested = _requested(document)
+    rows = to_requests(tensors)
     outcomes: Sequence[Outcome] = await asyncio.gather(*(served.submit(kind, data) for kind, data in rows))
     for outcome in outcomes:
         if outcome.error_type:
             raise _OutcomeError(outcome)
-    outputs = outputs_from_results([_decode(outcome) for outcome in outcomes], _requested(document))
+    outputs = outputs_from_results([_decode(outcome) for outcome in outcomes], requested)
     answer: dict[str, Any] = {"model_name": served.name, "model_version": served.version, "outputs": outputs}
-    if "id" in document:
-        answer = {"id": document["id"], **answer}
+    if request_id is not None:
+        answer = {"id": request_id, **answer}
     return Response(200, json.dumps(answer, allow_nan=False).encode("utf-8"))
+
+
+def _check_capacity(served: ServedVersion, rows: int) -> None:
+    """A 400 when ``rows`` could never fit the version's queue, a 503 when they do not fit now."""
+    size = served.settings.job_queue_size
+    if rows > size:
+        raise UserInputError(
+            f'The request has {rows} elements in its first dimension; model "{served.name}" takes at most '
+            f"{size} at once (its job_queue_size): split the request"
+        )
+    free = size - served.pending
+    if rows > free:
+        raise QueueFullError(
+            f"The request has {rows} elements but only {free} fit in the queue of model "
+            f'"{served.name}" now; send fewer at once or retry later',
+            retry_after=1,
+        )
 
 
 class _OutcomeError(TorchshipError):
