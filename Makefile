@@ -24,6 +24,8 @@ demo: $(STAMP)
 		echo "No '$(NAME)' model in ./$(STORE) yet: training it on the BBC News corpus (a few minutes on 2 cores)."; \
 		$(BIN)/torchship train --data bbc-news --store $(STORE) --name $(NAME) || exit $$?; \
 	fi
+	@echo "Token authorization is on: the keys go to ./key_file.json (owner-only, removed at exit);"
+	@echo "management calls need -H \"Authorization: Bearer \$$($(BIN)/torchship key management)\" (lines below)."
 	$(BIN)/torchship serve --store $(STORE)
 
 lint: $(STAMP)

@@ -3,7 +3,9 @@
     python examples/capture_endpoints.py --store ./models --model bbc   # the trained demo model
     python examples/capture_endpoints.py                                # a stand-in of the demo's size
 
-The server binds free ports; the document shows the default ports 8080/8081/8082.
+The server binds free ports; the document shows the default ports 8080/8081/8082. Token authorization is on,
+as by default: the script reads the keys from the server's key file, and the curl lines read them with
+``torchship key``.
 """
 
 from __future__ import annotations
@@ -23,13 +25,19 @@ from torchship.serving import Server, ServerSettings, ServerThread
 from torchship.store import ModelStore
 
 DEFAULT_PORTS = {"inference": "8080", "management": "8081", "metrics": "8082"}
+SHOWN_KEY = {kind: f'-H "Authorization: Bearer $(torchship key {kind})"' for kind in ("management", "API")}
 TEXT = "Shares in the bank rose sharply after it reported record profits for the year."
 
 
 class Capture:
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, key_file: Path) -> None:
         self.server = server
+        self.key_file = key_file
         self.parts: list[str] = []
+
+    def key(self, kind: str) -> str:
+        """A key as a client reads it from the key file (the token API may have replaced it)."""
+        return str(json.loads(self.key_file.read_text(encoding="utf-8"))[kind]["key"])
 
     def section(self, title: str, text: str = "") -> None:
         self.parts.append(f"\n## {title}\n\n" + (f"{text}\n\n" if text else ""))
@@ -45,16 +53,23 @@ class Capture:
         text: str | None = None,
         limit: int | None = None,
         shown_data: str | None = None,
+        key: str | None = "",
     ) -> httpx.Response:
+        """``key``: which key to send (default: the management key on the management listener; None: none)."""
         url = self.server.urls[listener] + path
         headers, content = {}, None
         if json_body is not None:
             headers, content = {"content-type": "application/json"}, json.dumps(json_body)
         elif text is not None:
             headers, content = {"content-type": "text/plain"}, text
+        key = ("management" if listener == "management" else None) if key == "" else key
+        if key is not None:
+            headers["authorization"] = f"Bearer {self.key(key)}"
         response = httpx.request(method, url, headers=headers, content=content, timeout=120)
         shown_url = f"http://127.0.0.1:{DEFAULT_PORTS[listener]}{path}"
         curl = f"curl -X {method} '{shown_url}'" if method != "GET" else f"curl '{shown_url}'"
+        if key is not None:
+            curl += f" {SHOWN_KEY[key]}"
         if shown_data is not None:  # a body too big to print
             curl += f" -H 'Content-Type: application/json' --data-binary {shown_data}"
         elif json_body is not None:
@@ -66,7 +81,10 @@ class Capture:
             body = _pretty(response.json())
         if limit is not None:
             body = "\n".join(_metrics_excerpt(body, limit)) + "\n..."
-        extra = "".join(f"\n{k}: {v}" for k, v in response.headers.items() if k in ("retry-after", "allow"))
+        if path.startswith("/token"):  # a new key: not worth printing, nor valid anywhere
+            body = re.sub(r'"key": "[^"]+"', '"key": "<the new key>"', body)
+        shown = ("retry-after", "allow", "www-authenticate")
+        extra = "".join(f"\n{k}: {v}" for k, v in response.headers.items() if k in shown)
         self.parts.append(
             (f"{note}\n\n" if note else "")
             + f"```bash\n{curl}\n```\n\n```\nHTTP {response.status_code}{extra}\n{body}\n```\n\n"
@@ -94,15 +112,19 @@ def _metrics_excerpt(text: str, limit: int) -> list[str]:
     return lines[:limit]
 
 
-def capture(server: Server, name: str, store: Path) -> str:
-    c = Capture(server)
+def capture(server: Server, name: str, store: Path, key_file: Path) -> str:
+    c = Capture(server, key_file)
     c.parts.append(
         "# Endpoints\n\nEvery example below was captured from a running `torchship serve` "
         "(`python examples/capture_endpoints.py [--store ./models]`; without a store it serves an untrained "
         "stand-in of the demo model, so its probabilities are near uniform). Three listeners, all on "
         "127.0.0.1 by default: "
         "inference on 8080, management on 8081, metrics on 8082. Errors have TorchServe's body "
-        '`{"code", "type", "message"}` (the v2 routes use `{"error": "..."}`).\n'
+        '`{"code", "type", "message"}` (the v2 routes use `{"error": "..."}`).\n\n'
+        "Token authorization is on by default, as in TorchServe: the management API needs the management "
+        "key, which the server writes to `key_file.json` (owner-only) at start; `torchship key management` "
+        "prints it. The inference API needs the inference key too once a listener binds a non-loopback "
+        "address.\n"
     )
     c.section("Inference API (port 8080)")
     c.call("inference", "GET", "/ping", "Health: `Healthy`, `Partial Healthy` or `Unhealthy` (500).")
@@ -170,6 +192,16 @@ def capture(server: Server, name: str, store: Path) -> str:
     )
     c.call("management", "DELETE", f"/models/{name}-async", "Unregister a whole model, every version.")
     c.call("management", "PUT", f"/models/{name}/2/set-default")
+    c.section("Token authorization (port 8081)")
+    c.call("management", "GET", "/models", "401 without the key (or with a wrong or expired one).", key=None)
+    c.call(
+        "management",
+        "GET",
+        "/token?type=inference",
+        "Replace the inference (or management) key: TorchServe's token API, with the API key. The key file "
+        "has the new key, and the answer too.",
+        key="API",
+    )
     c.section("Metrics (port 8082)")
     c.call(
         "metrics",
@@ -197,7 +229,9 @@ def capture(server: Server, name: str, store: Path) -> str:
         shown_data="@seven-megabytes.json",
     )
     manage = server.urls["management"]
-    httpx.put(f"{manage}/models/{name}/1?min_worker=0&synchronous=true", timeout=120).raise_for_status()
+    auth = {"authorization": f"Bearer {c.key('management')}"}
+    scale_to_zero = f"{manage}/models/{name}/1?min_worker=0&synchronous=true"
+    httpx.put(scale_to_zero, headers=auth, timeout=120).raise_for_status()
     c.call(
         "inference",
         "POST",
@@ -205,7 +239,8 @@ def capture(server: Server, name: str, store: Path) -> str:
         f"503: a version scaled to 0 workers (`PUT /models/{name}/1?min_worker=0`).",
         json_body={"text": TEXT},
     )
-    httpx.put(f"{manage}/models/{name}/1?min_worker=1&synchronous=true", timeout=120).raise_for_status()
+    scale_to_one = f"{manage}/models/{name}/1?min_worker=1&synchronous=true"
+    httpx.put(scale_to_one, headers=auth, timeout=120).raise_for_status()
     c.parts.append(
         "\nOther statuses: **503** with `Retry-After` when a version's queue (`job_queue_size`) is full; "
         "**504** when a request waited or ran longer than `response_timeout` (the worker is then killed and "
@@ -236,13 +271,19 @@ def main() -> None:
 
             first = make_benchmark_package(store, name=args.model)
             ModelStore(store).publish(args.model, lambda tmp: _copy(first, tmp))
+        key_file = work / "key_file.json"
         settings = ServerSettings(
-            inference_port=0, management_port=0, metrics_port=0, store=store, use_snapshot=False
+            inference_port=0,
+            management_port=0,
+            metrics_port=0,
+            store=store,
+            use_snapshot=False,
+            key_file=key_file,
         )
         with ServerThread(Server(settings)) as server:
-            while server.health() != "Healthy":
+            while not server.health().healthy:
                 httpx.get(server.urls["inference"] + "/ping")
-            Path(args.out).write_text(capture(server, args.model, store), encoding="utf-8")
+            Path(args.out).write_text(capture(server, args.model, store, key_file), encoding="utf-8")
         print(f"wrote {args.out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

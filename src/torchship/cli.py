@@ -6,6 +6,7 @@
     torchship evaluate --model ./models/bbc:2 --data held_out.csv
     torchship models --store ./models
     torchship serve --store ./models
+    torchship key management        # a key of the running server, from its key file
 
 Arguments come from the typed signatures (jsonargparse): ``--model.*`` from :class:`ModelOptions`,
 ``--optim.*`` from :class:`OptimOptions`, the data options from :class:`DataConfig` and ``--trainer.*``
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser(only=args[0] if args[:1] == ["serve"] else None)
+        parser = build_parser(only=args[0] if args[:1] in (["serve"], ["key"]) else None)
         cfg = parser.parse_args(args)
         return _COMMANDS[cfg.command](cfg[cfg.command])
     except TorchshipError as exc:
@@ -59,8 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser(*, only: str | None = None) -> ArgumentParser:
     """The ``torchship`` parser, with every subcommand, or with ``only`` that one.
 
-    ``torchship serve`` builds only its own subcommand: the train parser imports Lightning, and the
-    serving process never should."""
+    ``torchship serve`` (and ``key``) builds only its own subcommand: the train parser imports Lightning,
+    and the serving process never should."""
     parser = ArgumentParser(
         prog="torchship",
         description="From data to a served model: train, evaluate, predict, serve.",
@@ -73,6 +74,7 @@ def build_parser(*, only: str | None = None) -> ArgumentParser:
         "evaluate": (_evaluate_parser, "Score a model package on labelled data"),
         "models": (_models_parser, "List the models and versions in a store"),
         "serve": (lambda: _serve_parser(load=only == "serve"), "Serve a store over HTTP"),
+        "key": (_key_parser, "Print a key of a running server (from its key file)"),
     }
     for name, (build, help_text) in builders.items():
         if only is None or only == name:
@@ -152,6 +154,40 @@ def _serve_parser(*, load: bool) -> ArgumentParser:
 
         add_serve_arguments(parser)
     return parser
+
+
+def _key_parser() -> ArgumentParser:
+    parser = _subparser(
+        "Print one key of a running server from its key file, for an Authorization header: "
+        'curl -H "Authorization: Bearer $(torchship key management)" http://127.0.0.1:8081/models'
+    )
+    parser.add_argument("kind", type=str, help="management, inference or API")
+    parser.add_argument("--key_file", type=str, default="key_file.json", help="The server's --key_file")
+    return parser
+
+
+def _key(cfg: Namespace) -> int:
+    import time
+
+    from torchship.serving.auth import ENVIRONMENT, KEY_KINDS, read_key_file
+
+    kinds = {kind.lower(): kind for kind in KEY_KINDS}
+    kind = kinds.get(cfg.kind.lower())
+    if kind is None:
+        raise DataError(f"unknown key {cfg.kind!r}; choose one of {', '.join(KEY_KINDS)}")
+    path = Path(cfg.key_file)
+    if not path.exists():
+        raise DataError(
+            f"no key file at {path}: a server writes it when it starts (in its working directory, or where "
+            "its --key_file says); pass that path with --key_file"
+        )
+    key = read_key_file(path).get(kind)
+    if key is None:
+        raise DataError(f"{path} has no {kind} key: the server took it from ${ENVIRONMENT[kind]}")
+    if key.expires_at is not None and key.expires_at <= time.time():
+        print(f"warning: the {kind} key has expired; GET /token?type={kind} makes a new one", file=sys.stderr)
+    print(key.value)
+    return 0
 
 
 def _train(cfg: Namespace) -> int:
@@ -326,6 +362,7 @@ _COMMANDS: dict[str, Callable[[Namespace], int]] = {
     "evaluate": _evaluate,
     "models": _models,
     "serve": _serve,
+    "key": _key,
 }
 
 

@@ -5,6 +5,7 @@ one first on its sys.path."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -73,16 +74,34 @@ def sum_and_difference() -> torch.nn.Module:
 def settings(**changes: Any) -> ServerSettings:
     """Server settings for tests: every port 0, no snapshot, one worker per version unless asked (the
     default, one per core, would start twice the processes on a 2-core machine for nothing these tests
-    check; ``test_lifecycle`` serves with the real defaults)."""
+    check; ``test_lifecycle`` serves with the real defaults), and token authorization off: the tests of
+    the other APIs would all carry a key for nothing, while ``test_auth`` and ``test_lifecycle`` run with
+    the real default (``auth_settings``)."""
     base: dict[str, Any] = dict(
         inference_port=0,
         management_port=0,
         metrics_port=0,
         use_snapshot=False,
         model_defaults=ModelSettings(workers=1),
+        token_auth=False,
     )
     base.update(changes)
     return ServerSettings(**base)
+
+
+def auth_settings(key_file: Path, **changes: Any) -> ServerSettings:
+    """:func:`settings` with token authorization at its real default (on), keys written to ``key_file``."""
+    return settings(token_auth=True, key_file=key_file, **changes)
+
+
+def read_key(key_file: Path, kind: str) -> str:
+    """A key from a server's key file (``management``, ``inference`` or ``API``), as a client reads it."""
+    return str(json.loads(key_file.read_text(encoding="utf-8"))[kind]["key"])
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The ``Authorization`` header for ``key``."""
+    return {"Authorization": f"Bearer {key}"}
 
 
 @contextmanager

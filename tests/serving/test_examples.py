@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -51,11 +52,14 @@ def test_tutorial_snippet_serves_as_written(tmp_path: Path) -> None:
         assert response.status_code == 200, response.text
         assert len(response.json()["probabilities"]) == 3
         assert sum(response.json()["probabilities"]) == pytest.approx(1.0, abs=1e-5)
-        [described] = httpx.get(f"{urls['management']}/models/model", timeout=30).json()
+        keys = json.loads((tmp_path / "key_file.json").read_text())  # token authorization is on by default
+        headers = {"Authorization": f"Bearer {keys['management']['key']}"}
+        [described] = httpx.get(f"{urls['management']}/models/model", headers=headers, timeout=30).json()
         worker_pid = described["workers"][0]["pid"]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         assert not Path(f"/proc/{worker_pid}").exists() or _is_zombie(worker_pid)
+        assert not (tmp_path / "key_file.json").exists()
     finally:
         if process.poll() is None:
             process.kill()

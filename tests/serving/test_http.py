@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import cast
+from collections.abc import MutableMapping
+from typing import Any, cast
 
 import pytest
 
 from torchship.errors import NotFoundError, UserInputError, VersionNotFoundError
+from torchship.serving.edge import Edge
 from torchship.serving.errors import (
     MethodNotAllowedError,
     QueueFullError,
     ResourceNotFoundError,
     error_response,
 )
-from torchship.serving.http import Request, Response, Route, Router
+from torchship.serving.http import App, Request, Response, Route, Router, torchserve_error
 from torchship.serving.protocol import CoalescingTransport
 
 
@@ -122,3 +124,58 @@ def test_a_response_written_in_pieces_leaves_in_one_send() -> None:
         assert raw.sent == [] and raw.aborted
 
     asyncio.run(scenario())
+
+
+class _Exchange:
+    """Drives an :class:`App` like uvicorn: a request's body messages in, the response messages out."""
+
+    def __init__(self, *messages: dict[str, Any]) -> None:
+        self.incoming = list(messages)
+        self.sent: list[MutableMapping[str, Any]] = []
+
+    async def receive(self) -> MutableMapping[str, Any]:
+        return self.incoming.pop(0) if self.incoming else {"type": "http.disconnect"}
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        self.sent.append(message)
+
+    def run(
+        self, app: App, method: str, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, dict[bytes, bytes]]:
+        scope = {"type": "http", "method": method, "path": path, "query_string": b"", "headers": headers}
+        asyncio.run(app(scope, self.receive, self.send))
+        start = self.sent[0]
+        return start["status"], dict(start["headers"])
+
+
+async def _read_body(request: Request) -> Response:
+    return Response(200, await request.body(1000))
+
+
+def _edge_app() -> App:
+    routes = [Route("POST", "/echo", _read_body), Route("GET", "/ping", _endpoint)]
+    return App(
+        Router(routes), torchserve_error, Edge("inference", origins=["https://app.example"], check_host=True)
+    )
+
+
+def test_the_edge_answers_before_routing_and_its_cors_headers_reach_every_answer() -> None:
+    app = _edge_app()
+    status, _ = _Exchange().run(app, "GET", "/nowhere", [(b"host", b"attacker.example")])
+    assert status == 403  # refused before the router could say 404
+    origin = [(b"host", b"localhost"), (b"origin", b"https://app.example")]
+    status, headers = _Exchange().run(app, "GET", "/nowhere", origin)
+    assert status == 404 and headers[b"access-control-allow-origin"] == b"https://app.example"
+    preflight = [*origin, (b"access-control-request-method", b"POST")]
+    status, headers = _Exchange().run(app, "OPTIONS", "/echo", preflight)
+    assert status == 200 and headers[b"access-control-allow-methods"] == b"GET, POST, OPTIONS"
+    exchange = _Exchange({"type": "http.request", "body": b"hello", "more_body": False})
+    assert exchange.run(app, "POST", "/echo", [(b"host", b"localhost")])[0] == 200
+    assert exchange.sent[1]["body"] == b"hello"
+
+
+def test_a_body_cut_short_by_a_disconnect_never_reaches_the_endpoint() -> None:
+    exchange = _Exchange({"type": "http.request", "body": b'{"text": "half', "more_body": True})
+    status, _ = exchange.run(_edge_app(), "POST", "/echo", [(b"host", b"localhost")])
+    assert status == 400  # answered into the void: uvicorn drops what is sent to a gone client
+    assert b"half" not in exchange.sent[1]["body"]

@@ -215,15 +215,15 @@ def test_pipelined_requests_100_continue_and_close_on_one_connection(server: Ser
     answered in order, ``Expect: 100-continue`` gets its interim answer, and ``Connection: close`` closes."""
     host, port = server.urls["inference"].removeprefix("http://").rsplit(":", 1)
     body = b'{"x": 1}'
-    echo = b"POST /predictions/echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    echo = b"POST /predictions/echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
     echo += b"Content-Length: 8\r\n"
     with socket.create_connection((host, int(port)), timeout=60) as sock:
         sock.sendall(
-            b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"GET /ping HTTP/1.1\r\nHost: localhost\r\n\r\n"
             + echo
             + b"\r\n"
             + body
-            + b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n"
+            + b"GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n"
         )
         first = _read_responses(sock, 3)
         sock.sendall(echo + b"Expect: 100-continue\r\n\r\n")
@@ -233,7 +233,7 @@ def test_pipelined_requests_100_continue_and_close_on_one_connection(server: Ser
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(body)
         [continued] = _read_responses(sock, 1)
-        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         [closing] = _read_responses(sock, 1)
         assert sock.recv(1) == b""  # the server closed the connection after answering
     assert [status for status, _ in first] == [200, 200, 404]

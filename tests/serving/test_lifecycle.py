@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from serving_handlers import SlowAPI
-from serving_support import describe, settings, wait_until
+from serving_support import bearer, describe, read_key, settings, wait_until
 
 from torchship.serving import Server, ServerThread
 from torchship.serving.settings import default_workers
@@ -58,6 +58,8 @@ def test_torchship_serve_command_serves_a_store_and_stops_on_sigint(store_root: 
         "8",
         "--startup_timeout",
         "90",
+        "--key_file",
+        str(tmp_path / "key_file.json"),
     ]
     log = (tmp_path / "stderr.log").open("w")  # a file, not a pipe nobody reads: a full pipe would block it
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
@@ -78,15 +80,19 @@ def test_torchship_serve_command_serves_a_store_and_stops_on_sigint(store_root: 
         response = httpx.post(f"{inference}/predictions/news", json={"text": "a goal"}, timeout=120)
         assert response.status_code == 200, response.text
         management = printed[1].split()[-1]
-        [described] = httpx.get(f"{management}/models/news").json()
+        key_file = tmp_path / "key_file.json"  # token authorization is on by default, as in TorchServe
+        assert httpx.get(f"{management}/models/news").status_code == 401
+        headers = bearer(read_key(key_file, "management"))
+        [described] = httpx.get(f"{management}/models/news", headers=headers).json()
         assert (described["batchSize"], described["startupTimeout"]) == (8, 90)
         # The default number of workers: one per core (at most 4) on a machine without a GPU, for the
         # latest version; one for older versions.
         assert described["minWorkers"] == default_workers() >= 1
-        [older] = httpx.get(f"{management}/models/news/1").json()
+        [older] = httpx.get(f"{management}/models/news/1", headers=headers).json()
         assert older["minWorkers"] == 1 and not older["isDefault"]
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
+        assert not key_file.exists()  # generated keys do not outlive the server
     finally:
         if process.poll() is None:
             process.kill()

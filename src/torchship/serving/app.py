@@ -1,43 +1,73 @@
 """The three ASGI apps, one per listener: inference (8080), management (8081) and metrics (8082).
 
 Separate listeners let an operator expose inference while keeping management and metrics private, as
-TorchServe does. Each app is a :class:`~torchship.serving.http.App`: routes plus the one error mapping;
-the inference app answers errors on ``/v2/...`` in the Open Inference Protocol's body.
+TorchServe does. Each app is a :class:`~torchship.serving.http.App`: its :class:`~torchship.serving.edge.Edge`
+(Host, Origin, key), routes, and the one error mapping; the inference app answers errors on ``/v2/...`` in
+the Open Inference Protocol's body. With token authorization on, the management app also serves
+TorchServe's token API, ``GET /token?type=management|inference``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from torchship.errors import UserInputError
+from torchship.serving.auth import Keys
+from torchship.serving.edge import Edge
 from torchship.serving.errors import ErrorResponse
-from torchship.serving.http import App, Request, Response, Route, Router, Scope, torchserve_error
+from torchship.serving.http import (
+    App,
+    Request,
+    Response,
+    Route,
+    Router,
+    Scope,
+    json_response,
+    torchserve_error,
+)
 from torchship.serving.metrics import CONTENT_TYPE
 from torchship.serving.protocols import inference_routes, management_routes, v2_error, v2_routes
 
 if TYPE_CHECKING:
     from torchship.serving.server import Server
 
-__all__ = ["inference_app", "management_app", "metrics_app"]
+__all__ = ["inference_app", "management_app", "metrics_app", "token_routes"]
 
 
-def inference_app(server: Server) -> App:
+def inference_app(server: Server, edge: Edge | None = None) -> App:
     """TorchServe's inference API and the Open Inference Protocol v2."""
-    return App(Router(inference_routes(server) + v2_routes(server)), _inference_error)
+    return App(Router(inference_routes(server) + v2_routes(server)), _inference_error, edge)
 
 
-def management_app(server: Server) -> App:
-    """TorchServe's management API."""
-    return App(Router(management_routes(server)), torchserve_error)
+def management_app(server: Server, edge: Edge | None = None, keys: Keys | None = None) -> App:
+    """TorchServe's management API, and its token API when there are ``keys``."""
+    routes = management_routes(server) + (token_routes(keys) if keys is not None else [])
+    return App(Router(routes), torchserve_error, edge)
 
 
-def metrics_app(server: Server) -> App:
+def metrics_app(server: Server, edge: Edge | None = None) -> App:
     """``GET /metrics`` in the Prometheus text format."""
     content_type = CONTENT_TYPE.encode("latin-1")
 
     async def metrics(request: Request) -> Response:
         return Response(200, server.metrics.render(), content_type)
 
-    return App(Router([Route("GET", "/metrics", metrics)]), torchserve_error)
+    return App(Router([Route("GET", "/metrics", metrics)]), torchserve_error, edge)
+
+
+def token_routes(keys: Keys) -> list[Route]:
+    """TorchServe's token API: ``GET /token?type=management|inference`` replaces that key and answers the
+    new one (``{"management": {"key": ...}}``); the edge's guard asks for the API key."""
+
+    async def token(request: Request) -> Response:
+        kind = request.query.get("type", "")
+        if not kind:
+            raise UserInputError(
+                "Parameter type is required: /token?type=management or /token?type=inference"
+            )
+        return json_response({kind: keys.rotate(kind).entry()})
+
+    return [Route("GET", "/token", token)]
 
 
 def _inference_error(error: ErrorResponse, scope: Scope) -> Response:

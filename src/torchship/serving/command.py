@@ -4,6 +4,10 @@ torchship serve --store ./models                         every model and version
 torchship serve --model ./models/bbc:2 --workers 2       one package, two worker processes
 torchship serve --store ./models --inference_port 0      any free port (printed)
 torchship serve --store ./models --device cuda           workers round-robin over the GPUs
+torchship serve --store ./models --inference_address http://0.0.0.0:8080   inference on every interface
+                                                         (then the inference key is required too)
+
+Keys: generated at start into ./key_file.json (owner-only); ``torchship key management`` prints one.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from jsonargparse import ArgumentParser, Namespace
 from torchship.errors import ConfigError
 from torchship.serving.settings import DEFAULT_MAX_REQUEST_SIZE, ModelSettings, ServerSettings
 
-__all__ = ["add_serve_arguments", "run_serve"]
+__all__ = ["add_serve_arguments", "run_serve", "serve_settings"]
 
 _DEFAULTS = ModelSettings()
+_SERVER = ServerSettings()
 
 
 def add_serve_arguments(parser: ArgumentParser) -> None:
@@ -36,7 +41,17 @@ def add_serve_arguments(parser: ArgumentParser) -> None:
         default=[],
         help="Package directories or <store>/<name>[:VERSION] to serve as well",
     )
-    parser.add_argument("--host", type=str, default="127.0.0.1", help="Interface for all three listeners")
+    parser.add_argument(
+        "--host", type=str, default=_SERVER.host, help="Interface for the listeners without an --*_address"
+    )
+    for name, default in (("inference", 8080), ("management", 8081), ("metrics", 8082)):
+        parser.add_argument(
+            f"--{name}_address",
+            type=str | None,
+            default=None,
+            help=f"Where the {name} listener binds: http://0.0.0.0:{default}, https://HOST:PORT, HOST:PORT "
+            "or HOST (default: --host and the port below)",
+        )
     parser.add_argument("--inference_port", type=int, default=8080, help="Inference API port (0: any)")
     parser.add_argument("--management_port", type=int, default=8081, help="Management API port (0: any)")
     parser.add_argument("--metrics_port", type=int, default=8082, help="Prometheus metrics port (0: any)")
@@ -112,6 +127,150 @@ def add_serve_arguments(parser: ArgumentParser) -> None:
         default=30.0,
         help="Seconds to let in-flight requests finish at shutdown",
     )
+    _add_security_arguments(parser)
+    _add_connection_arguments(parser)
+    _add_limit_arguments(parser)
+
+
+def _add_security_arguments(parser: ArgumentParser) -> None:
+    parser.add_argument("--tls_cert", type=str | None, default=None, help="PEM certificate chain: HTTPS")
+    parser.add_argument("--tls_key", type=str | None, default=None, help="PEM private key of --tls_cert")
+    parser.add_argument(
+        "--token_auth",
+        type=bool,
+        default=_SERVER.token_auth,
+        help="Require 'Authorization: Bearer <key>' (TorchServe's token authorization); false only behind a "
+        "proxy that authenticates",
+    )
+    parser.add_argument(
+        "--key_file",
+        type=str,
+        default=str(_SERVER.key_file),
+        help="Where the generated keys are written (owner-only, deleted at shutdown), or, with "
+        "--keys_from_file, read from",
+    )
+    parser.add_argument(
+        "--keys_from_file",
+        action="store_true",
+        help="Read the keys from --key_file (e.g. a mounted secret); TORCHSHIP_MANAGEMENT_KEY, "
+        "TORCHSHIP_INFERENCE_KEY and TORCHSHIP_API_KEY in the environment take precedence",
+    )
+    parser.add_argument(
+        "--key_expiration",
+        type=float | None,
+        default=_SERVER.key_expiration,
+        help="Minutes a generated management or inference key stays valid (default: no expiry); "
+        "GET /token?type=... with the API key makes a new one",
+    )
+    parser.add_argument(
+        "--inference_auth",
+        type=bool | None,
+        default=_SERVER.inference_auth,
+        help="Require the inference key on the inference API: true, false, or null (default: only when a "
+        "listener binds a non-loopback address)",
+    )
+    parser.add_argument(
+        "--health_auth", action="store_true", help="Require the inference key on /ping and /v2/health/* too"
+    )
+    parser.add_argument("--metrics_auth", action="store_true", help="Require the management key on /metrics")
+    parser.add_argument(
+        "--cors_allowed_origins",
+        type=str,
+        nargs="*",
+        default=list(_SERVER.cors_allowed_origins),
+        help="Origins whose browsers may call the inference API (https://app.example.com, or *); others: 403",
+    )
+    parser.add_argument(
+        "--management_allowed_origins",
+        type=str,
+        nargs="*",
+        default=list(_SERVER.management_allowed_origins),
+        help="Origins whose browsers may call the management API and /metrics (default: none)",
+    )
+    parser.add_argument(
+        "--allowed_hosts",
+        type=str,
+        nargs="*",
+        default=list(_SERVER.allowed_hosts),
+        help="Host names accepted besides loopback ones on a loopback bind (an ingress's); others: 403",
+    )
+    parser.add_argument(
+        "--allow_code_models",
+        action="store_true",
+        help="Let the management API register models whose loading runs code (TorchScript, torch.export)",
+    )
+
+
+def _add_connection_arguments(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "--max_connections",
+        type=int,
+        default=_SERVER.max_connections,
+        help="Open connections per listener; one more is closed at once",
+    )
+    parser.add_argument(
+        "--max_header_size",
+        type=int,
+        default=_SERVER.max_header_size,
+        help="Bytes of request line and headers (431 above)",
+    )
+    parser.add_argument(
+        "--header_timeout",
+        type=float,
+        default=_SERVER.header_timeout,
+        help="Seconds a client may take to send the request line and headers",
+    )
+    parser.add_argument(
+        "--body_timeout",
+        type=float,
+        default=_SERVER.body_timeout,
+        help="Seconds a client may take to send a request body (408 after)",
+    )
+    parser.add_argument(
+        "--keep_alive_timeout",
+        type=float,
+        default=_SERVER.keep_alive_timeout,
+        help="Seconds an idle keep-alive connection is kept open",
+    )
+
+
+def _add_limit_arguments(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "--max_workers_per_version",
+        type=int,
+        default=_SERVER.max_workers_per_version,
+        help="Most worker processes one version may have (400 above)",
+    )
+    parser.add_argument(
+        "--max_workers_total",
+        type=int,
+        default=_SERVER.max_workers_total,
+        help="Most worker processes over every version",
+    )
+    parser.add_argument(
+        "--max_archive_size",
+        type=int,
+        default=_SERVER.max_archive_size,
+        help="Largest archive the management API registers, in bytes",
+    )
+    parser.add_argument(
+        "--max_package_size",
+        type=int,
+        default=_SERVER.max_package_size,
+        help="Largest package a registration may unpack or copy into the store, in bytes",
+    )
+    parser.add_argument(
+        "--max_package_files",
+        type=int,
+        default=_SERVER.max_package_files,
+        help="Most files in one registered package",
+    )
+    parser.add_argument(
+        "--store_quota",
+        type=int | None,
+        default=_SERVER.store_quota,
+        help="Bytes the store may hold after a registration (null: no quota)",
+    )
 
 
 def run_serve(cfg: Namespace) -> int:
@@ -123,6 +282,14 @@ def run_serve(cfg: Namespace) -> int:
     if cfg.store is None and not cfg.model:
         raise ConfigError("nothing to serve: give --store DIR (e.g. ./models) and/or --model PACKAGE")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = serve_settings(cfg)
+    packages = [resolve_model(ref) for ref in cfg.model]
+    run(Server(settings, packages=packages))
+    return 0
+
+
+def serve_settings(cfg: Namespace) -> ServerSettings:
+    """The server's settings from parsed ``serve`` arguments (validated: a bad value is a ConfigError)."""
     model_settings = ModelSettings(
         batch_size=cfg.batch_size,
         max_batch_delay=cfg.max_batch_delay,
@@ -133,12 +300,39 @@ def run_serve(cfg: Namespace) -> int:
         torch_threads=cfg.torch_threads,
         device=cfg.device,
     )
-    settings = ServerSettings(
+    return ServerSettings(
         host=cfg.host,
+        inference_address=cfg.inference_address,
+        management_address=cfg.management_address,
+        metrics_address=cfg.metrics_address,
         inference_port=cfg.inference_port,
         management_port=cfg.management_port,
         metrics_port=cfg.metrics_port,
+        tls_cert=Path(cfg.tls_cert) if cfg.tls_cert is not None else None,
+        tls_key=Path(cfg.tls_key) if cfg.tls_key is not None else None,
+        token_auth=cfg.token_auth,
+        key_file=Path(cfg.key_file),
+        keys_from_file=cfg.keys_from_file,
+        key_expiration=cfg.key_expiration,
+        inference_auth=cfg.inference_auth,
+        health_auth=cfg.health_auth,
+        metrics_auth=cfg.metrics_auth,
+        cors_allowed_origins=tuple(cfg.cors_allowed_origins),
+        management_allowed_origins=tuple(cfg.management_allowed_origins),
+        allowed_hosts=tuple(cfg.allowed_hosts),
+        allow_code_models=cfg.allow_code_models,
         max_request_size=cfg.max_request_size,
+        max_connections=cfg.max_connections,
+        max_header_size=cfg.max_header_size,
+        header_timeout=cfg.header_timeout,
+        body_timeout=cfg.body_timeout,
+        keep_alive_timeout=cfg.keep_alive_timeout,
+        max_workers_per_version=cfg.max_workers_per_version,
+        max_workers_total=cfg.max_workers_total,
+        max_archive_size=cfg.max_archive_size,
+        max_package_size=cfg.max_package_size,
+        max_package_files=cfg.max_package_files,
+        store_quota=cfg.store_quota,
         store=Path(cfg.store) if cfg.store is not None else None,
         model_roots=tuple(Path(root) for root in cfg.model_roots),
         snapshot=Path(cfg.snapshot) if cfg.snapshot is not None else None,
@@ -146,6 +340,3 @@ def run_serve(cfg: Namespace) -> int:
         graceful_timeout=cfg.graceful_timeout,
         model_defaults=model_settings,
     )
-    packages = [resolve_model(ref) for ref in cfg.model]
-    run(Server(settings, packages=packages))
-    return 0

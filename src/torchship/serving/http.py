@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from torchship.errors import UserInputError
 from torchship.serving.errors import (
     ErrorResponse,
     MethodNotAllowedError,
@@ -25,7 +26,19 @@ from torchship.serving.errors import (
     error_response,
 )
 
-__all__ = ["App", "Request", "Response", "Route", "Router", "json_response", "torchserve_error"]
+if TYPE_CHECKING:
+    from torchship.serving.edge import Edge
+
+__all__ = [
+    "App",
+    "ClientDisconnectedError",
+    "Request",
+    "Response",
+    "Route",
+    "Router",
+    "json_response",
+    "torchserve_error",
+]
 
 logger = logging.getLogger("torchship.serving")
 
@@ -50,6 +63,14 @@ class Response:
         headers.extend(self.headers)
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
+
+    def with_headers(self, headers: tuple[tuple[bytes, bytes], ...]) -> Response:
+        """A copy with ``headers`` added."""
+        return replace(self, headers=self.headers + headers)
+
+
+class ClientDisconnectedError(UserInputError):
+    """The client went away (or was cut off by ``body_timeout``) before it sent the whole body."""
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -94,7 +115,8 @@ class Request:
         while True:
             message = await self.receive()
             if message["type"] != "http.request":
-                break  # the client went away; whatever we answer is dropped
+                # Nobody is left to answer (what we send is dropped), and half a body must not reach a model.
+                raise ClientDisconnectedError("The client closed the connection before the body ended")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
@@ -169,21 +191,37 @@ def _match(segments: tuple[str, ...], parts: tuple[str, ...]) -> dict[str, str] 
 
 
 class App:
-    """An ASGI app: route, run the endpoint, and turn any exception into an error response (one place)."""
+    """An ASGI app: admit (the :class:`~torchship.serving.edge.Edge`'s Host, Origin and key checks), route,
+    run the endpoint, and turn any exception into an error response (one place)."""
 
-    def __init__(self, router: Router, format_error: ErrorFormatter) -> None:
+    def __init__(self, router: Router, format_error: ErrorFormatter, edge: Edge | None = None) -> None:
         self.router = router
         self.format_error = format_error
+        self.edge = edge
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan is off; websockets are not served
+        admission = self.edge.admit(scope) if self.edge is not None else None
+        if admission is None:
+            response = await self._respond(scope, receive)
+        else:
+            if admission.refusal is not None:  # formatted, never raised: an instance may be shared
+                response = self.format_error(error_response(admission.refusal), scope)
+            elif admission.preflight:
+                response = Response(200, b"", b"text/plain")
+            else:
+                response = await self._respond(scope, receive)
+            if admission.cors:
+                response = response.with_headers(admission.cors)
+        await response.send(send)
+
+    async def _respond(self, scope: Scope, receive: Receive) -> Response:
         try:
             endpoint, params = self.router.match(scope["method"], scope["path"])
-            response = await endpoint(Request(scope, receive, params))
+            return await endpoint(Request(scope, receive, params))
         except Exception as exc:
-            response = self.format_error(error_response(exc), scope)
-        await response.send(send)
+            return self.format_error(error_response(exc), scope)
 
 
 def torchserve_error(error: ErrorResponse, scope: Scope | None = None) -> Response:

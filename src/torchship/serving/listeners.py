@@ -1,31 +1,45 @@
 """The three listeners, run as uvicorn servers in one event loop, and the server's start and stop.
 
 Binding the sockets ourselves lets port 0 work (the OS picks, we read the port back and print it) and
-lets one signal handler stop all three listeners at once. Shutdown order, on SIGTERM/SIGINT or
-:meth:`ServerRunner.stop`: stop accepting connections, let in-flight requests finish (up to
-``graceful_timeout``), then drain and stop the workers. A second signal stops without waiting.
+lets one signal handler stop all three listeners at once. Each listener binds its own address
+(``inference_address`` and friends), speaks HTTPS with ``tls_cert``/``tls_key``, and runs its requests
+through its :class:`~torchship.serving.edge.Edge` and its connections through
+:class:`~torchship.serving.protocol.LimitedHttpToolsProtocol`. The keys are made (and their file written)
+before anything listens, and the file is removed after everything stopped. Shutdown order, on
+SIGTERM/SIGINT or :meth:`ServerRunner.stop`: stop accepting connections, let in-flight requests finish
+(up to ``graceful_timeout``), then drain and stop the workers. A second signal stops without waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import os
+import shlex
 import signal
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 
 import uvicorn
 
 from torchship.errors import ConfigError
+from torchship.serving.addresses import Address, listener_addresses
 from torchship.serving.app import inference_app, management_app, metrics_app
+from torchship.serving.auth import ENVIRONMENT, Keys, guards, inference_key_required
+from torchship.serving.edge import build_edges
 from torchship.serving.http import App
-from torchship.serving.protocol import CoalescingHttpToolsProtocol
+from torchship.serving.protocol import ConnectionLimits, LimitedHttpToolsProtocol
 from torchship.serving.server import Server
 
 __all__ = ["ServerRunner", "ServerThread", "run"]
+
+logger = logging.getLogger("torchship.serving")
 
 
 class ServerRunner:
@@ -37,21 +51,41 @@ class ServerRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._uvicorns: list[tuple[uvicorn.Server, socket.socket]] = []
+        self._unused_sockets: list[
+            socket.socket
+        ] = []  # bound, not yet handed to uvicorn (which closes its own)
+        self.keys: Keys | None = None
+        """The keys, once :meth:`run` made them (None with ``token_auth`` off)."""
+        self.inference_needs_key = False
 
     async def run(self, on_started: Callable[[Server], None] | None = None) -> None:
-        """Register the initial models, listen, call ``on_started``, serve until stopped, shut down."""
+        """Make the keys, register the initial models, listen, call ``on_started``, serve until stopped,
+        shut down."""
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         settings = self.server.settings
-        apps = (
-            ("inference", inference_app, settings.inference_port),
-            ("management", management_app, settings.management_port),
-            ("metrics", metrics_app, settings.metrics_port),
-        )
         try:
+            addresses = listener_addresses(settings)
+            _raise_open_file_limit(3 * settings.max_connections + 256)
+            if settings.token_auth:
+                self.keys = Keys.start(settings)
+                self.inference_needs_key = inference_key_required(settings, addresses)
+            edges = build_edges(settings, addresses, guards(settings, addresses, self.keys))
+            apps = {
+                "inference": inference_app(self.server, edges["inference"]),
+                "management": management_app(self.server, edges["management"], self.keys),
+                "metrics": metrics_app(self.server, edges["metrics"]),
+            }
+            # Certificates and ports are checked before any model loads: a mistake there fails at once.
+            listeners = [
+                (name, self._config(name, app, addresses[name]), addresses[name])
+                for name, app in apps.items()
+            ]
+            for name, _, address in listeners:
+                self._unused_sockets.append(_bind(address.host, address.port, name))
             await self.server.load_initial()
-            for name, build, port in apps:
-                await self._listen(name, build(self.server), settings.host, port)
+            for (name, config, address), sock in zip(listeners, list(self._unused_sockets), strict=True):
+                await self._listen(name, config, address, sock)
             if self.handle_signals and threading.current_thread() is threading.main_thread():
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     self._loop.add_signal_handler(signum, self._on_signal)
@@ -82,13 +116,16 @@ class ServerRunner:
     def _on_signal(self) -> None:
         self.stop(force=self._stop is not None and self._stop.is_set())
 
-    async def _listen(self, name: str, app: App, host: str, port: int) -> None:
+    def _config(self, name: str, app: App, address: Address) -> uvicorn.Config:
+        settings = self.server.settings
+        tls = settings.tls_cert is not None and address.tls
         config = uvicorn.Config(
             app,
-            host=host,
-            port=port,
+            host=address.host,
+            port=address.port,
             loop="none",
-            http=CoalescingHttpToolsProtocol,  # uvicorn's httptools protocol, one send per response
+            # uvicorn's httptools protocol, one send per response, within the connection limits
+            http=LimitedHttpToolsProtocol.with_limits(ConnectionLimits.from_settings(name, settings)),
             ws="none",
             lifespan="off",
             access_log=False,
@@ -96,22 +133,37 @@ class ServerRunner:
             proxy_headers=False,  # no X-Forwarded-For rewriting on the request path: a direct listener
             log_level="warning",
             backlog=2048,
-            timeout_graceful_shutdown=math.ceil(self.server.settings.graceful_timeout),
+            timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works
+            timeout_graceful_shutdown=math.ceil(settings.graceful_timeout),
+            ssl_certfile=settings.tls_cert if tls else None,
+            ssl_keyfile=settings.tls_key if tls else None,
         )
-        config.load()
-        sock = _bind(host, port, name)
+        try:
+            config.load()
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot use the TLS certificate {settings.tls_cert} with the key {settings.tls_key} "
+                f"({exc}); give a PEM certificate chain (--tls_cert) and its private key (--tls_key)"
+            ) from exc
+        return config
+
+    async def _listen(self, name: str, config: uvicorn.Config, address: Address, sock: socket.socket) -> None:
         uv = uvicorn.Server(config)
         uv.lifespan = config.lifespan_class(config)  # what uvicorn's serve() sets up; lifespan is off
         await uv.startup(sockets=[sock])
+        self._unused_sockets.remove(sock)
         self._uvicorns.append((uv, sock))
-        bound = sock.getsockname()[1]
-        shown = f"[{host}]" if ":" in host else host
-        self.server.urls[name] = f"http://{shown}:{bound}"
+        self.server.urls[name] = address.url(sock.getsockname()[1])
 
     async def _shutdown(self) -> None:
+        self.server.registry.begin_shutdown()  # no worker replaced while the requests in flight finish
+        for sock in self._unused_sockets:
+            sock.close()
         await asyncio.gather(*(uv.shutdown(sockets=[sock]) for uv, sock in self._uvicorns if uv.started))
         forced = any(uv.force_exit for uv, _ in self._uvicorns)
         await self.server.registry.stop_all(0.0 if forced else self.server.settings.graceful_timeout)
+        if self.keys is not None:
+            self.keys.close()
         if (
             self._loop is not None
             and self.handle_signals
@@ -131,10 +183,32 @@ def _bind(host: str, port: int, name: str) -> socket.socket:
         sock.close()
         raise ConfigError(
             f"cannot listen for {name} on {host}:{port} ({exc.strerror}); choose another port with "
-            f"--{name}_port, or stop what is using it"
+            f"--{name}_port or another address with --{name}_address, or stop what is using it"
         ) from exc
     sock.set_inheritable(False)
     return sock
+
+
+def _raise_open_file_limit(wanted: int) -> None:
+    """Raise this process's soft limit on open files towards ``wanted`` (every listener full, plus the
+    workers' pipes): a refused connection is closed by us, but only if the socket could be accepted."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover  (Windows)
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        logger.warning(
+            "max_connections allows %d connections over three listeners, but this process may open only %d "
+            "files (ulimit -n); lower --max_connections or raise the limit",
+            wanted - 256,
+            target,
+        )
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -151,18 +225,29 @@ def run(server: Server, on_started: Callable[[Server], None] | None = None) -> N
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(ServerRunner(server).run(on_started or print_urls))
+        runner = ServerRunner(server)
+        loop.run_until_complete(runner.run(on_started or (lambda started: print_urls(started, runner))))
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
         asyncio.set_event_loop(None)
 
 
-def print_urls(server: Server) -> None:
-    """The lines a user needs: where each listener is, and a ``curl`` line to try for each model."""
+_EXAMPLE = (
+    """-H 'Content-Type: application/json' -d '{"text": "Shares rose after the company reported profits."}'"""
+)
+
+
+def print_urls(server: Server, runner: ServerRunner | None = None) -> None:
+    """The lines a user needs: where each listener is, where the keys are, and a ``curl`` line to try for
+    each model (with the key where one is needed, read when the line runs: no secret is printed)."""
     from torchship.serving.handlers import TextClassifierAPI
 
     urls = server.urls
+    keys = runner.keys if runner is not None else None
+    inference_auth = (
+        _auth_option(keys, "inference") if runner is not None and runner.inference_needs_key else ""
+    )
     lines = [
         f"torchship: inference  {urls['inference']}",
         f"torchship: management {urls['management']}",
@@ -173,11 +258,37 @@ def print_urls(server: Server) -> None:
         predict = f"{urls['inference']}/predictions/{name}"
         lines.append(f"torchship: model {name} (version {served.version}) -> POST {predict}")
         if isinstance(served.spec.api, TextClassifierAPI):
-            example = '{"text": "Shares rose after the company reported record profits."}'
-            lines.append(f"  try: curl -X POST {predict} -H 'Content-Type: application/json' -d '{example}'")
-    lines.append(f"  list models: curl {urls['management']}/models")
+            lines.append(f"  try: curl -X POST {predict}{inference_auth} {_EXAMPLE}")
+    if keys is not None:
+        needs = "management and inference APIs need" if inference_auth else "management API needs"
+        where = (
+            f"keys in {keys.path.resolve()} (owner-only)" if keys.owns_file else "keys given by the operator"
+        )
+        lines.append(f"torchship: {where}; the {needs} 'Authorization: Bearer <key>'")
+    lines.append(f"  list models: curl {urls['management']}/models{_auth_option(keys, 'management')}")
     print("\n".join(lines), flush=True)
     sys.stdout.flush()
+
+
+def _auth_option(keys: Keys | None, kind: str) -> str:
+    """`` -H "Authorization: Bearer $(torchship key KIND)"``, or the environment variable of the key."""
+    if keys is None:
+        return ""
+    if keys.key(kind).source == "environment":
+        return f' -H "Authorization: Bearer ${ENVIRONMENT[kind]}"'
+    option = (
+        "" if keys.path == Path("key_file.json") else f" --key_file {shlex.quote(str(keys.path.resolve()))}"
+    )
+    return f' -H "Authorization: Bearer $({_torchship_command()} key {kind}{option})"'
+
+
+def _torchship_command() -> str:
+    """How this process was started, so that the printed line works without an activated venv:
+    ``.venv/bin/torchship``, or ``python -m torchship`` (``python -m``, ``ModelAPI.start()`` scripts)."""
+    program = sys.argv[0] if sys.argv else ""
+    if Path(program).name == "torchship":
+        return shlex.quote(program) if os.sep in program else "torchship"
+    return f"{shlex.quote(sys.executable)} -m torchship"
 
 
 class ServerThread:
