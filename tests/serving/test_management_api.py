@@ -248,3 +248,16 @@ def test_metrics_listener(server: Server) -> None:
         assert response.headers["content-type"].startswith("text/plain")
         assert "torchship_workers" in response.text
         assert client.get("/other").status_code == 404
+
+
+def test_an_unregistered_version_leaves_no_metric_series(
+    manage: httpx.Client, infer: httpx.Client, server: Server
+) -> None:
+    """Model names come from clients: series kept after unregister would grow memory with every name."""
+    registered = manage.post("/models?url=news/1&model_name=ephemeral&initial_workers=1&synchronous=true")
+    assert registered.status_code == 200, registered.text
+    assert infer.post("/predictions/ephemeral", json={"text": "shares rose"}).status_code == 200
+    scrape = lambda: httpx.get(server.urls["metrics"] + "/metrics", timeout=30).text  # noqa: E731
+    assert 'model="ephemeral"' in scrape()
+    assert manage.delete("/models/ephemeral").status_code == 200
+    assert 'model="ephemeral"' not in scrape()

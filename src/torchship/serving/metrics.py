@@ -104,7 +104,21 @@ class VersionMetrics:
         self.latency.observe(seconds)
 
     def remove(self) -> None:
-        """Drop the gauges of an unregistered version (counters and histograms keep their history)."""
-        for gauge in (self._metrics.queue_depth, self._metrics.workers):
+        """Drop every series of an unregistered version: names come from clients with the management key,
+        so keeping them would let registrations grow the server's memory without bound (Prometheus reads a
+        version registered again as a counter reset)."""
+        metrics = self._metrics
+        for family in (
+            metrics.queue_wait,
+            metrics.inference,
+            metrics.latency,
+            metrics.batch_size,
+            metrics.queue_depth,
+            metrics.workers,
+        ):
             with contextlib.suppress(KeyError):
-                gauge.remove(*self._labels)
+                family.remove(*self._labels)
+        for status in self._requests:
+            with contextlib.suppress(KeyError):
+                metrics.requests.remove(*self._labels, str(status))
+        self._requests.clear()

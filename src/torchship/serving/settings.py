@@ -201,7 +201,7 @@ class ServerSettings:
 
     # ------------------------------------------------------------------ connections
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
-    """Largest request body in bytes, after decompression; a larger one is answered 413."""
+    """Largest request body in bytes; a larger one is answered 413 before it is read."""
     max_connections: int = 1000
     """Open connections per listener; one more is closed at once (the file descriptors stay free for the
     other listeners and the workers)."""
@@ -264,6 +264,12 @@ class ServerSettings:
         _check_int("max_package_files", self.max_package_files, minimum=1)
         if self.store_quota is not None:
             _check_int("store_quota", self.store_quota, minimum=1)
+        workers = self.model_defaults.workers
+        if workers is not None and workers > self.max_workers_per_version:
+            raise ConfigError(
+                f"workers: {workers} is more than max_workers_per_version={self.max_workers_per_version}; "
+                "ask for fewer workers or raise --max_workers_per_version"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key: give both (HTTPS) or neither (HTTP)")
         for name in ("store", "snapshot", "tls_cert", "tls_key"):

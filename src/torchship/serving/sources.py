@@ -163,7 +163,7 @@ class ModelSources:
             raise UserInputError(
                 f"Cannot register {url}: loading a model file (TorchScript or torch.export .pt2) runs code "
                 "from it, so the management API registers one only when the operator starts the server "
-                "with --allow_code_models true. Register a torchship package (safetensors) instead"
+                "with --allow_code_models. Register a torchship package (safetensors) instead"
             )
         return Source(path, name, str(next_version), str(path), self.custom[name])
 
