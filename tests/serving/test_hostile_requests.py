@@ -104,7 +104,7 @@ _DEEP = "[" * 5000 + "]" * 5000
             "4300 digits",
         ),
         ('{"inputs":[{"name":"t","datatype":"FP32","shape":[1],"data":[NaN]}]}', "NaN"),
-        ('{"inputs":[{"name":"t","datatype":"FP32","shape":[1],"data":[1e999]}]}', "FP32 data must lie in"),
+        ('{"inputs":[{"name":"t","datatype":"FP32","shape":[1],"data":[1e999]}]}', "out of range for a float"),
         ('{"inputs":' + _DEEP + "}", "nested too deeply"),
         ('{"id":' + "[" * 900 + "]" * 900 + ',"inputs":[]}', '"id" must be a string'),
         (b'{"inputs": "\xff"}', "not valid UTF-8"),
@@ -184,7 +184,7 @@ def test_registering_a_model_file_needs_the_operators_opt_in(manage: httpx.Clien
     model = Path(server.settings.model_roots[0]) / "model.pt2"
     response = manage.post("/models", params={"url": str(model), "model_name": "echo", "initial_workers": 0})
     assert response.status_code == 400, response.text
-    assert "--allow_code_models true" in response.json()["message"]
+    assert "--allow_code_models" in response.json()["message"]
     assert [v["modelVersion"] for v in manage.get("/models/echo/all").json()] == ["1"]
 
 

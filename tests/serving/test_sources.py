@@ -13,7 +13,8 @@ from serving_support import publish_classifier
 
 from torchship.errors import NotFoundError, UserInputError
 from torchship.serving import TextClassifierAPI
-from torchship.serving.sources import ModelSources, RegistrationLimits
+from torchship.serving.package_files import RegistrationLimits
+from torchship.serving.sources import ModelSources
 from torchship.store import ModelStore
 
 

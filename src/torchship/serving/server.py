@@ -20,11 +20,12 @@ from torchship.errors import ConfigError, NotFoundError, UserInputError
 from torchship.serving.api import ModelAPI
 from torchship.serving.handlers import BUILTIN_HANDLERS
 from torchship.serving.metrics import Metrics
+from torchship.serving.package_files import RegistrationLimits
 from torchship.serving.protocols.params import parse_bool, parse_float, parse_int
 from torchship.serving.registry import Registry
 from torchship.serving.settings import ModelSettings, ServerSettings
 from torchship.serving.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot
-from torchship.serving.sources import ModelSources, RegistrationLimits, Source
+from torchship.serving.sources import ModelSources, Source
 from torchship.serving.versions import ServedVersion, VersionSpec
 from torchship.store import ModelStore
 

@@ -23,62 +23,46 @@ version) is not copied again: that version is served instead, so re-registering 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import logging
-import os
 import re
-import stat
 import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from torchship.errors import NotFoundError, PackageError, UserInputError, VersionExistsError
 from torchship.serving.api import ModelAPI
 from torchship.serving.handlers import BUILTIN_HANDLERS
-from torchship.serving.settings import ServerSettings
-from torchship.store import ModelStore, PackageConfig, read_config, validate_name
-from torchship.store.package import MAX_CONFIG_BYTES
+from torchship.serving.package_files import (
+    Budget,
+    Manifest,
+    Opener,
+    RegistrationLimits,
+    archive_members,
+    comparable,
+    copy_package,
+    directory_manifest,
+    extract,
+    open_file,
+    open_member,
+    read_json_config,
+    same_bytes,
+    tree_size,
+)
+from torchship.store import ModelStore, read_config, validate_name
 
-__all__ = ["ModelSources", "RegistrationLimits", "Source"]
+__all__ = ["ModelSources", "Source"]
 
 logger = logging.getLogger("torchship.serving")
 
 _STORE_REF = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})(?:[/:]([1-9][0-9]*))?$")
 _MAX_PATH = 4096  # PATH_MAX on Linux
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-@dataclass(frozen=True)
-class RegistrationLimits:
-    """What one registration may put into the store (see :class:`ServerSettings` for each field)."""
-
-    max_archive_size: int = ServerSettings.max_archive_size
-    max_package_size: int = ServerSettings.max_package_size
-    max_package_files: int = ServerSettings.max_package_files
-    store_quota: int | None = ServerSettings.store_quota
-
-    @classmethod
-    def of(cls, settings: ServerSettings) -> RegistrationLimits:
-        return cls(
-            settings.max_archive_size,
-            settings.max_package_size,
-            settings.max_package_files,
-            settings.store_quota,
-        )
-
-
-# A package's files by path inside it ("model.safetensors", "plots/loss.png") → size in bytes, and a way
-# to open each for reading; for a directory and for an archive alike.
-_Manifest = dict[str, int]
-_Opener = Callable[[str], AbstractContextManager[IO[bytes]]]
 
 
 @dataclass(frozen=True)
@@ -198,19 +182,19 @@ class ModelSources:
 
     def _from_directory(self, path: Path, model_name: str | None) -> Source:
         in_store = self.store_version(path)
-        manifest = _directory_manifest(path, self.limits)  # refuses symlinks and too many files first
+        manifest = directory_manifest(path, self.limits)  # refuses symlinks and too many files first
         if in_store is not None:
             return self.package(path, model_name, in_store[1])
         if self.store is None:
             return self.package(path, model_name)
-        config = _read_json_config(functools.partial(_open_file, path), manifest)
-        budget = _Budget(self.limits.max_package_size)
+        config = read_json_config(functools.partial(open_file, path), manifest)
+        budget = Budget(self.limits.max_package_size)
         return self._publish(
             model_name or str(config.get("name", "")),
             manifest,
             config,
-            functools.partial(_open_file, path),
-            lambda tmp: _copy_package(path, tmp, budget),
+            functools.partial(open_file, path),
+            lambda tmp: copy_package(path, tmp, budget),
         )
 
     def _from_archive(self, path: Path, model_name: str | None) -> Source:
@@ -232,18 +216,18 @@ class ModelSources:
                 f"Cannot register {path.name}: it is not a readable .zip archive ({exc})"
             ) from exc
         with archive:
-            members = _archive_members(archive, self.limits)
+            members = archive_members(archive, self.limits)
             manifest = {name: member.file_size for name, member in members.items()}
-            opener = functools.partial(_open_member, archive, members)
-            budget = _Budget(self.limits.max_package_size)
+            opener = functools.partial(open_member, archive, members)
+            budget = Budget(self.limits.max_package_size)
             try:
-                config = _read_json_config(opener, manifest)
+                config = read_json_config(opener, manifest)
                 return self._publish(
                     model_name or str(config.get("name", path.stem)),
                     manifest,
                     config,
                     opener,
-                    lambda tmp: _extract(archive, members, tmp, budget),
+                    lambda tmp: extract(archive, members, tmp, budget),
                 )
             except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
                 # A damaged member (bad CRC, truncated data) or one compressed in a way zipfile cannot read.
@@ -252,9 +236,9 @@ class ModelSources:
     def _publish(
         self,
         name: str,
-        manifest: _Manifest,
+        manifest: Manifest,
         config: dict[str, object],
-        opener: _Opener,
+        opener: Opener,
         fill: Callable[[Path], None],
     ) -> Source:
         assert self.store is not None
@@ -277,7 +261,7 @@ class ModelSources:
         raise PackageError(f"Could not publish {name}: the store kept changing; try again")
 
     def _identical_version(
-        self, name: str, manifest: _Manifest, config: dict[str, object], opener: _Opener
+        self, name: str, manifest: Manifest, config: dict[str, object], opener: Opener
     ) -> int | None:
         """The newest store version of ``name`` with the same files and config (apart from name and
         version), or None. Sizes are compared first, so only a likely match is read."""
@@ -285,19 +269,19 @@ class ModelSources:
         for version in reversed(self.store.versions(name)):
             folder = self.store.path(name, version)
             try:
-                theirs = _directory_manifest(folder, self.limits)
+                theirs = directory_manifest(folder, self.limits)
             except UserInputError:
                 continue
             if theirs.keys() != manifest.keys() or any(
                 theirs[item] != size for item, size in manifest.items() if item != "config.json"
             ):
                 continue
-            if _comparable(_read_json_config(functools.partial(_open_file, folder), theirs)) != _comparable(
+            if comparable(read_json_config(functools.partial(open_file, folder), theirs)) != comparable(
                 config
             ):
                 continue
             if all(
-                _same_bytes(opener, functools.partial(_open_file, folder), item)
+                same_bytes(opener, functools.partial(open_file, folder), item)
                 for item in manifest
                 if item != "config.json"
             ):
@@ -309,7 +293,7 @@ class ModelSources:
         quota = self.limits.store_quota
         if quota is None:
             return
-        used = _tree_size(self.store.root)
+        used = tree_size(self.store.root)
         if used + incoming > quota:
             raise UserInputError(
                 f"Cannot register the package: it has {incoming} bytes and the store holds {used}, more "
@@ -348,166 +332,3 @@ def _display(path: Path, store: ModelStore | None) -> str:
     if store is not None and path.resolve().parent.parent == store.root.resolve():
         return f"{path.parent.name}/{path.name}"
     return str(path)
-
-
-class _Budget:
-    """Bytes a registration may still write: counts what is actually written (declared sizes can lie)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.left = limit
-
-    def take(self, size: int) -> None:
-        self.left -= size
-        if self.left < 0:
-            raise UserInputError(
-                f"The package unpacks to more than max_package_size={self.limit} bytes (a server setting)"
-            )
-
-
-def _directory_manifest(root: Path, limits: RegistrationLimits) -> _Manifest:
-    """Every file under ``root`` and its size; symlinks, too many files or bytes are refused on the way."""
-    manifest: _Manifest = {}
-    total = 0
-    for folder, directories, files in os.walk(root):
-        for entry in (*directories, *files):
-            item = Path(folder) / entry
-            if item.is_symlink():
-                raise UserInputError(
-                    f"Cannot register {root}: it contains a symlink ({entry}); copy real files"
-                )
-        for entry in files:
-            item = Path(folder) / entry
-            manifest[item.relative_to(root).as_posix()] = size = item.stat().st_size
-            total += size
-            if len(manifest) > limits.max_package_files:
-                raise UserInputError(
-                    f"Cannot register {root}: it has more than max_package_files={limits.max_package_files} "
-                    "files (a server setting)"
-                )
-    if total > limits.max_package_size:
-        raise UserInputError(
-            f"Cannot register {root}: it holds {total} bytes, more than max_package_size="
-            f"{limits.max_package_size} (a server setting)"
-        )
-    return manifest
-
-
-def _open_file(root: Path, name: str) -> IO[bytes]:
-    return (root / name).open("rb")
-
-
-def _open_member(archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], name: str) -> IO[bytes]:
-    return archive.open(members[name])
-
-
-def _read_json_config(opener: _Opener, manifest: _Manifest) -> dict[str, object]:
-    if "config.json" not in manifest:
-        raise PackageError("The package holds no torchship package (no config.json at its root)")
-    with opener("config.json") as file:
-        raw = file.read(MAX_CONFIG_BYTES + 1)
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise PackageError(f"The package's config.json is larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        raise PackageError(f"The package's config.json cannot be read: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PackageError("The package's config.json must hold a JSON object")
-    return data
-
-
-def _comparable(config: dict[str, object]) -> dict[str, object]:
-    """The config as the store writes it (defaults filled in), without the name and version it stamps."""
-    # One that does not parse is compared as it is: _fill_and_stamp refuses it later, with the reason.
-    with contextlib.suppress(UserInputError, TypeError, ValueError, AttributeError):
-        config = PackageConfig.from_dict(config).to_dict()
-    return {key: value for key, value in config.items() if key not in ("name", "version")}
-
-
-def _same_bytes(ours: _Opener, theirs: _Opener, name: str) -> bool:
-    with ours(name) as left, theirs(name) as right:
-        while True:
-            chunk = left.read(1 << 20)
-            if chunk != right.read(len(chunk) or 1):
-                return False
-            if not chunk:
-                return True
-
-
-def _tree_size(root: Path) -> int:
-    total = 0
-    for folder, _, files in os.walk(root):
-        for entry in files:
-            try:
-                total += (Path(folder) / entry).lstat().st_size
-            except OSError:  # removed meanwhile (a temporary directory of a publish)
-                continue
-    return total
-
-
-def _copy_package(source: Path, target: Path, budget: _Budget) -> None:
-    for item in source.rglob("*"):
-        destination = target / item.relative_to(source)
-        if item.is_dir():
-            destination.mkdir(parents=True, exist_ok=True)
-        elif item.is_file() and not item.is_symlink():
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            with item.open("rb") as reader, destination.open("wb") as sink:
-                _copy_stream(reader, sink, budget)
-
-
-def _copy_stream(reader: IO[bytes], sink: IO[bytes], budget: _Budget) -> None:
-    while chunk := reader.read(1 << 20):
-        budget.take(len(chunk))
-        sink.write(chunk)
-
-
-def _archive_prefix(names: list[str]) -> str:
-    """``"pkg/"`` when every member sits in one top-level folder and config.json is not at the root."""
-    if "config.json" in names:
-        return ""
-    tops = {name.split("/", 1)[0] for name in names}
-    return f"{tops.pop()}/" if len(tops) == 1 and any(n.endswith("/config.json") for n in names) else ""
-
-
-def _archive_members(archive: zipfile.ZipFile, limits: RegistrationLimits) -> dict[str, zipfile.ZipInfo]:
-    """The archive's files by their path inside the package, checked before anything is extracted:
-    count, declared sizes, names that would land outside the package, links."""
-    infos = archive.infolist()
-    if len(infos) > limits.max_package_files:
-        raise UserInputError(
-            f"The archive has {len(infos)} members, more than max_package_files={limits.max_package_files} "
-            "(a server setting)"
-        )
-    prefix = _archive_prefix([info.filename for info in infos])
-    members: dict[str, zipfile.ZipInfo] = {}
-    for info in infos:
-        name = info.filename[len(prefix) :] if info.filename.startswith(prefix) else info.filename
-        if not name or name.endswith("/"):
-            continue
-        if name.startswith(("/", "\\")) or ".." in Path(name).parts or Path(name).is_absolute():
-            raise UserInputError(f"The archive member {info.filename!r} would land outside the package")
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise UserInputError(f"The archive member {info.filename!r} is a symlink; packages hold files")
-        members[Path(name).as_posix()] = info
-    declared = sum(info.file_size for info in members.values())
-    if declared > limits.max_package_size:
-        raise UserInputError(
-            f"The archive unpacks to {declared} bytes, more than max_package_size={limits.max_package_size} "
-            "(a server setting)"
-        )
-    return members
-
-
-def _extract(
-    archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], target: Path, budget: _Budget
-) -> None:
-    root = target.resolve()
-    for name, member in members.items():
-        destination = (target / name).resolve()
-        if not destination.is_relative_to(root):
-            raise UserInputError(f"The archive member {member.filename!r} would land outside the package")
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        with archive.open(member) as source, destination.open("wb") as sink:
-            _copy_stream(source, sink, budget)
