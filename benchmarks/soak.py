@@ -54,6 +54,9 @@ class Soak:
         self.urls = urls
         self.key_file = key_file
         self.model = model
+        self.victims: list[tuple[int, float]] = []
+        """RSS and age (seconds) of each worker just before it was killed: a worker that leaks grows with
+        its age, and the workers alive at the end are younger than those measured after the warm-up."""
 
     def keys(self) -> dict[str, str]:
         if not self.key_file.exists():
@@ -79,6 +82,7 @@ class Soak:
         if not pids:
             return None
         pid = rng.choice(pids)
+        self.victims.append((_rss(pid), _age(pid)))
         when = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         return pid, when
@@ -104,6 +108,16 @@ def _parent(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def _age(pid: int) -> float:
+    """Seconds since ``pid`` started (0 when it is gone)."""
+    try:
+        started = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return uptime - started / os.sysconf("SC_CLK_TCK")
 
 
 def _rss(pid: int) -> int:
@@ -246,6 +260,9 @@ def _soak(args: argparse.Namespace, work: Path) -> int:
             soak.wait_workers(args.workers)
             rss_end = soak.rss()
         _report(tally, elapsed, rss_start, None if died else rss_end, args)
+        if soak.victims:
+            shown = ", ".join(f"{rss / 2**20:.0f} MiB at {age:.0f}s" for rss, age in soak.victims)
+            print(f"each killed worker's RSS just before its kill, in order: {shown}")
         if died:
             print(f"FAIL: the server exited:\n{process.log_tail()}")
         return 1 if died or tally.failure_count else 0
