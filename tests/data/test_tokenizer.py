@@ -103,6 +103,23 @@ def test_token_ids_are_encode_batchs_ids_truncated_alike(kind: str) -> None:
     assert ids[-1] == [tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")]
 
 
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_long_texts_are_read_from_a_prefix_with_the_same_ids(kind: str) -> None:
+    """A truncating tokenizer reads a prefix of a long text (a 6 MB body must not cost seconds for 16
+    tokens); the ids are those of the whole text, also where spaces or symbols fill the prefix."""
+    tok = train_tokenizer(corpus(), kind=kind, vocab_size=300, max_length=16)  # type: ignore[arg-type]
+    words = " ".join(corpus(seed=2, size=400))
+    texts = [
+        words * 20,
+        " " * 5000 + words,
+        "!" * 3000 + " " + words,
+        ("ab" + " " * 400) * 40,
+        "abcdefghij" * 3000,
+        words[:300],
+    ]
+    assert token_ids(tok, texts) == [encoding.ids for encoding in tok.encode_batch(texts)]
+
+
 def test_lowercase_strips_accents() -> None:
     texts = ["Café Crème au lait", "CAFE creme"]
     lower = train_tokenizer(texts, vocab_size=100)

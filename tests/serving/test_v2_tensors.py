@@ -65,6 +65,8 @@ def test_several_inputs_become_one_dict_per_row() -> None:
         [{"name": "t", "datatype": "FP32", "shape": [1], "data": [[1]]}],
         [{"name": "t", "datatype": "FP32", "shape": [2, 1], "data": [[1], 2]}],
         [{"name": "t", "datatype": "FP32", "shape": [1, 1], "data": [[[[[[1]]]]]]}],
+        # A dimension past INT64: its product would be an integer too long to print in the message.
+        [{"name": "t", "datatype": "FP32", "shape": [int("9" * 4000), int("9" * 4000)], "data": []}],
         # Two inputs with one name.
         [{"name": "a", "datatype": "FP32", "shape": [1], "data": [1]},
          {"name": "a", "datatype": "FP32", "shape": [1], "data": [2]}],

@@ -9,6 +9,7 @@ TorchServe's token API, ``GET /token?type=management|inference``.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from torchship.errors import UserInputError
@@ -48,9 +49,15 @@ def management_app(server: Server, edge: Edge | None = None, keys: Keys | None =
 def metrics_app(server: Server, edge: Edge | None = None) -> App:
     """``GET /metrics`` in the Prometheus text format."""
     content_type = CONTENT_TYPE.encode("latin-1")
+    rendering: asyncio.Future[bytes] | None = None
 
     async def metrics(request: Request) -> Response:
-        return Response(200, server.metrics.render(), content_type)
+        # Rendering costs milliseconds per hundred series, and anyone who reaches the listener may scrape:
+        # it runs off the event loop, and concurrent scrapes share the one render in progress.
+        nonlocal rendering
+        if rendering is None or rendering.done():
+            rendering = asyncio.ensure_future(asyncio.to_thread(server.metrics.render))
+        return Response(200, await asyncio.shield(rendering), content_type)
 
     return App(Router([Route("GET", "/metrics", metrics)]), torchserve_error, edge)
 

@@ -40,6 +40,8 @@ _NUMERIC = {
 
 MAX_RANK = 32
 """Most dimensions in an input ``shape`` (numpy's classic limit)."""
+MAX_DIMENSION = 2**63 - 1
+"""The largest value of one dimension (an INT64, as tensors count), so that products stay printable."""
 
 _INT_RANGES = {
     "UINT8": (0, 2**8 - 1),
@@ -135,8 +137,10 @@ def _read_tensor(tensor: Any) -> InputTensor:
 def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
     if not isinstance(shape, list) or not 1 <= len(shape) <= MAX_RANK:
         raise UserInputError(f'Input {name}: "shape" must be a list of 1 to {MAX_RANK} non-negative integers')
-    if not all(type(dim) is int and dim >= 0 for dim in shape):  # type() also refuses true and 2.0
-        raise UserInputError(f'Input {name}: "shape" must hold non-negative integers, got {str(shape)[:80]}')
+    if not all(type(dim) is int and 0 <= dim <= MAX_DIMENSION for dim in shape):  # type(): not true, 2.0
+        raise UserInputError(
+            f'Input {name}: "shape" must hold integers from 0 to {MAX_DIMENSION}, got {str(shape)[:80]}'
+        )
     if shape[0] == 0:
         raise UserInputError(f"Input {name}: the first (batch) dimension must be at least 1")
     return tuple(shape)
