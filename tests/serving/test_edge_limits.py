@@ -5,6 +5,7 @@ connections beyond ``max_connections`` are closed at once while the other listen
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from urllib.parse import urlsplit
@@ -183,3 +184,82 @@ def test_connections_beyond_max_connections_are_closed_while_the_other_listeners
 
         wait_until(ping, what="/ping once the idle connections are gone")
     assert "Traceback" not in capfd.readouterr().err
+
+
+def _post_chunked(path: bytes) -> bytes:
+    return (
+        b"POST " + path + b" HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+
+
+def test_trailer_fields_are_bounded_by_max_header_size() -> None:
+    """Trailer fields were parsed after the headers, so no limit counted them: 40 MB of ``a:b`` fields took
+    1 GB, and one endless trailer value was joined quadratically. Now they count against max_header_size."""
+    with running(settings(max_header_size=4096, body_timeout=60.0)) as server:
+        body = b'{"url": "no-such-model"}'
+        with _connect(server, "management") as sock:  # many 1-byte chunks and small trailers: served
+            sock.sendall(_post_chunked(b"/models"))
+            for byte in body:
+                sock.sendall(b"1\r\n" + bytes([byte]) + b"\r\n")
+            sock.sendall(b"0\r\nX-Check: " + b"a" * 3000 + b"\r\n\r\n")
+            status, answer = _response(sock)
+            assert status in (400, 404) and b"no-such-model" in answer
+        with _connect(server, "management") as sock:  # many small trailer fields, then nothing
+            sock.sendall(_post_chunked(b"/models") + b"5\r\n" + body[:5] + b"\r\n0\r\n" + b"a:b\r\n" * 3000)
+            answer = _closed(sock)
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        assert b"trailer fields" in answer and b"max_header_size=4096" in answer
+        with _connect(server, "management") as sock:  # one endless trailer value
+            sock.sendall(_post_chunked(b"/models") + b"0\r\nX-Trailer: ")
+            sent = 0
+            with pytest.raises(OSError):  # BrokenPipe / ConnectionReset: the server closed the connection
+                while sent < 64 << 20:
+                    sock.sendall(b"a" * 65536)
+                    sent += 65536
+            assert sent < 20 << 20  # what the two kernels' buffers held
+        assert httpx.get(server.urls["management"] + "/models").status_code == 200
+
+
+def test_empty_lines_after_a_request_do_not_hold_the_connection_open() -> None:
+    """llhttp skips empty lines between requests without starting one, and every read cancelled uvicorn's
+    keep-alive timer: a client sending "\\r\\n" every second held the connection for ever."""
+    with running(settings(header_timeout=0.5, keep_alive_timeout=0.5)) as server, _connect(server) as sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert _response(sock)[0] == 200
+        sock.settimeout(0.1)  # the attacker's pace: one empty line per 0.1 s
+        deadline = time.monotonic() + 15.0
+        closed = False
+        while not closed and time.monotonic() < deadline:
+            try:
+                sock.sendall(b"\r\n")
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+        assert closed
+
+
+def test_an_early_answer_closes_the_connection_without_reading_the_body() -> None:
+    """A request answered before its body arrived (here 413 on its Content-Length) kept its connection,
+    reading and dropping the body, until body_timeout."""
+    with running(settings(max_request_size=100, body_timeout=60.0)) as server:
+        with _connect(server, "management") as sock:
+            sock.sendall(
+                b"POST /models HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n{"  # and the rest never comes
+            )
+            answer = _closed(sock)  # within CLOSED_WITHIN, far below body_timeout
+        head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 413 ") and b"\r\nconnection: close" in head
+        with _connect(server, "management") as sock:  # a whole request keeps its connection
+            body = b'{"url": "no-such-model"}'
+            request = (
+                b"POST /models HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body
+            )
+            responses = _Responses(sock)
+            for _ in range(2):
+                sock.sendall(request)
+                assert responses.next()[0] in (400, 404)

@@ -150,6 +150,9 @@ class LimitedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         )
         self._begun = False  # a request line has started arriving and its headers have not ended
         self._header_bytes = 0
+        self._framing_bytes = 0  # after the headers: bytes read since the last body byte (trailers)
+        self._body_bytes = 0
+        self._keep_alive = True  # what the current request asked for, while its body is read
         self._messages = 0
         self._deadline: asyncio.TimerHandle | None = None
 
@@ -171,6 +174,7 @@ class LimitedHttpToolsProtocol(CoalescingHttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        messages = self._messages
         # While headers are expected, feed at most what the limit still allows: the parser buffers a header
         # until it ends, so the bytes are counted here, before they reach it.
         while self._reading_headers and data:
@@ -178,20 +182,64 @@ class LimitedHttpToolsProtocol(CoalescingHttpToolsProtocol):
             if len(data) <= room:
                 self._header_bytes += len(data)
                 break
-            messages = self._messages
+            before = self._messages
             head, data = data[:room], data[room:]
             self._header_bytes += len(head)
             if head:
                 super().data_received(head)
             if self.transport.is_closing():
                 return
-            if self._reading_headers and self._messages == messages:
+            if self._reading_headers and self._messages == before:
                 self._refuse_headers()
                 return
         if data:
-            super().data_received(data)
+            if self._reading_headers:
+                super().data_received(data)  # fits within max_header_size: the usual, whole request
+            elif not self._feed_body(data):
+                return
         if self._deadline is None and not self.transport.is_closing():
-            self._start_clock()
+            if self._begun or not self._reading_headers:
+                self._start_clock()
+            elif self._messages == messages and (self.cycle is None or self.cycle.response_complete):
+                # Bytes that start no request: llhttp skips empty lines between messages without
+                # on_message_begin, and uvicorn's keep-alive timer is cancelled by every read, so a client
+                # sending "\r\n" now and then would hold the connection for ever.
+                self._arm(self.limits.header_timeout, self._on_header_timeout)
+
+    def _feed_body(self, data: bytes) -> bool:
+        """Feed what arrives after the headers; False when ``data_received`` has nothing left to do.
+
+        A chunked body's trailer fields (and chunk lines) are parsed after ``on_headers_complete`` and the
+        parser buffers each whole, joining the pieces quadratically, so the bytes read since the last body
+        byte may not exceed ``max_header_size`` (then 431 and close). The data is fed in pieces of at most one
+        byte more than what is left, and a piece with a body byte resets the count, so the parser never holds
+        more than about twice ``max_header_size`` of trailers (what shared a read with the last body bytes or
+        the headers is not counted)."""
+        view = memoryview(data)
+        while view:
+            messages, body = self._messages, self._body_bytes
+            size = self.limits.max_header_size - self._framing_bytes + 1
+            piece, view = view[:size], view[size:]
+            super().data_received(piece)  # type: ignore[arg-type]  # httptools takes any buffer
+            if self.transport.is_closing():
+                return False
+            if self._messages != messages or self._reading_headers:
+                if not view:
+                    return True
+                self.data_received(bytes(view))  # the request ended in the piece; the next one's turn
+                return False
+            if self._body_bytes != body:
+                self._framing_bytes = 0
+            else:
+                self._framing_bytes += len(piece)
+                if self._framing_bytes > self.limits.max_header_size:
+                    self._refuse_trailers()
+                    return False
+        return True
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
 
     def on_message_begin(self) -> None:
         self._begun = True
@@ -202,10 +250,21 @@ class LimitedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         self._begun = False
         self._disarm()
         super().on_headers_complete()
+        # Until the body has all arrived, a response ends the connection ("connection: close"): an early
+        # answer (401, 413) would otherwise leave it open, reading and dropping the body until body_timeout.
+        # A request arriving whole gets its own keep-alive back in on_message_complete, before the app runs.
+        cycle = self.cycle
+        if cycle is not None:
+            self._keep_alive = cycle.keep_alive
+            cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            cycle.keep_alive = self._keep_alive
         self._reading_headers = True
         self._header_bytes = 0
+        self._framing_bytes = 0
         self._messages += 1
         self._disarm()
         super().on_message_complete()
@@ -238,6 +297,15 @@ class LimitedHttpToolsProtocol(CoalescingHttpToolsProtocol):
             "bytes; send fewer or shorter headers, or start the server with a larger --max_header_size",
         )
 
+    def _refuse_trailers(self) -> None:
+        self._end_request(
+            431,
+            "RequestHeaderFieldsTooLargeException",
+            f"The chunked body's trailer fields are larger than max_header_size="
+            f"{self.limits.max_header_size} bytes; send them as headers, or start the server with a larger "
+            "--max_header_size",
+        )
+
     def _on_header_timeout(self) -> None:
         self._deadline = None
         if not self.transport.is_closing():
@@ -245,20 +313,23 @@ class LimitedHttpToolsProtocol(CoalescingHttpToolsProtocol):
 
     def _on_body_timeout(self) -> None:
         self._deadline = None
+        if not self.transport.is_closing():
+            self._end_request(
+                408,
+                "RequestTimeoutException",
+                f"The request body did not arrive within body_timeout={self.limits.body_timeout:g} s; send "
+                "it faster, or start the server with a longer --body_timeout",
+            )
+
+    def _end_request(self, status: int, kind: str, message: str) -> None:
+        """Answer ``status`` to the request whose body is being read, and close."""
         cycle = self.cycle
-        if self.transport.is_closing():
-            return
         if cycle is None or cycle.response_started:
-            self.transport.close()  # answered already (e.g. 401 before the body): just stop waiting for it
+            self.transport.close()  # answered already: just stop reading
             return
         cycle.disconnected = True  # the app's next receive() sees a disconnect; what it sends is dropped
         cycle.message_event.set()
-        self._send_error(
-            408,
-            "RequestTimeoutException",
-            f"The request body did not arrive within body_timeout={self.limits.body_timeout:g} s; send it "
-            "faster, or start the server with a longer --body_timeout",
-        )
+        self._send_error(status, kind, message)
 
     def _send_error(self, status: int, kind: str, message: str) -> None:
         body = json.dumps({"code": status, "type": kind, "message": message}, indent=2).encode() + b"\n"

@@ -20,12 +20,14 @@ answered with errors, and only ``SystemExit`` from the handler ends the worker.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import pickle
 import signal
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -76,7 +78,12 @@ def worker_main(pickled_api: bytes, conn: Connection, torch_threads: int, slot: 
         conn.send(("failed", kind, f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", os.getpid(), str(api.device)))
+    trim = _allocator_trim()
+    trimmed_at = time.monotonic()
     while True:
+        if trim is not None and time.monotonic() - trimmed_at >= TRIM_INTERVAL_S:
+            trim()  # between batches, after the last answer went out
+            trimmed_at = time.monotonic()
         try:
             message = receive(conn)
         except (EOFError, OSError):
@@ -96,6 +103,30 @@ def worker_main(pickled_api: bytes, conn: Connection, torch_threads: int, slot: 
                 HandlerError(f"the batch's results could not be sent ({type(exc).__name__})")
             )
             conn.send(("done", batch_id, time.perf_counter() - start, [tuple(error)] * len(requests)))
+
+
+TRIM_INTERVAL_S = 10.0
+"""Seconds between two returns of freed memory to the system (glibc's ``malloc_trim``) in a worker."""
+
+
+def _allocator_trim() -> Callable[[], None] | None:
+    """glibc's ``malloc_trim(0)``, or None where the C library has none (musl, macOS).
+
+    Why: glibc keeps the memory of freed tensors of varied sizes (texts of mixed lengths) instead of
+    returning it, so a worker's RSS creeps up with its age; a trim every few seconds keeps it flat for a
+    cost of milliseconds per trim (docs/performance.md, "Soak")."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        malloc_trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim.restype = ctypes.c_int
+
+    def trim() -> None:
+        malloc_trim(0)
+
+    return trim
 
 
 def _run(api: ModelAPI, requests: list[tuple[str, bytes]]) -> list[tuple[Any, ...]]:
