@@ -139,7 +139,8 @@ def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
         raise UserInputError(f'Input {name}: "shape" must be a list of 1 to {MAX_RANK} non-negative integers')
     if not all(type(dim) is int and 0 <= dim <= MAX_DIMENSION for dim in shape):  # type(): not true, 2.0
         raise UserInputError(
-            f'Input {name}: "shape" must hold non-negative integers up to {MAX_DIMENSION}, got {str(shape)[:80]}'
+            f'Input {name}: "shape" must hold non-negative integers up to {MAX_DIMENSION}, '
+            f"got {str(shape)[:80]}"
         )
     if shape[0] == 0:
         raise UserInputError(f"Input {name}: the first (batch) dimension must be at least 1")
