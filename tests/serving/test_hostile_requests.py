@@ -10,15 +10,16 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from serving_handlers import EchoAPI
-from serving_support import describe, publish_classifier, running, settings, wait_ready
+from serving_support import describe, publish_classifier, running, settings, wait_ready, wait_until
 
-from torchship.serving import Server
+from torchship.serving import ModelSettings, Server
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +105,10 @@ _DEEP = "[" * 5000 + "]" * 5000
             "4300 digits",
         ),
         ('{"inputs":[{"name":"t","datatype":"FP32","shape":[1],"data":[NaN]}]}', "NaN"),
-        ('{"inputs":[{"name":"t","datatype":"FP32","shape":[1],"data":[1e999]}]}', "out of range for a float"),
+        (
+            '{"inputs":[{"name":"t","datatype":"FP32","shape":[1],"data":[1e999]}]}',
+            "out of range for a float",
+        ),
         ('{"inputs":' + _DEEP + "}", "nested too deeply"),
         ('{"id":' + "[" * 900 + "]" * 900 + ',"inputs":[]}', '"id" must be a string'),
         (b'{"inputs": "\xff"}', "not valid UTF-8"),
@@ -179,6 +183,24 @@ def test_worker_counts_above_the_caps_are_400_naming_the_limit(manage: httpx.Cli
     assert manage.get("/models/more").status_code == 404
 
 
+def test_parallel_registrations_never_pass_max_workers_total(store_root: Path, tmp_path: Path) -> None:
+    shutil.copytree(store_root, tmp_path / "store")
+    options = dict(
+        store=tmp_path / "store",
+        model_defaults=ModelSettings(workers=0),  # the store's versions take none of the cap
+        max_workers_per_version=1,
+        max_workers_total=1,
+    )
+    with running(settings(**options)) as server, httpx.Client(timeout=60) as client:
+        url = server.urls["management"] + "/models?url=news/1&initial_workers=1&model_name="
+        # Each registration checks the cap, then resolves its url off the event loop: all of them used to
+        # pass the check before any had counted its workers.
+        with ThreadPoolExecutor(6) as pool:
+            codes = sorted(pool.map(lambda i: client.post(f"{url}q{i}").status_code, range(6)))
+        assert codes == [202] + [400] * 5
+        assert sum(version.target_workers for version in server.registry.all_versions()) == 1
+
+
 # ------------------------------------------------------------------------------ case 7: code in model files
 def test_registering_a_model_file_needs_the_operators_opt_in(manage: httpx.Client, server: Server) -> None:
     model = Path(server.settings.model_roots[0]) / "model.pt2"
@@ -236,6 +258,29 @@ def test_a_version_registered_with_0_workers_does_not_become_the_default(
         assert scaled.status_code == 200, scaled.text
         assert server.registry.get("news").version == str(version)
         assert client.delete(f"{server.urls['management']}/models/news/{version}").status_code == 200
+    assert server.registry.get("news").version == "2"
+
+
+def test_a_new_version_takes_the_default_only_once_it_serves(versions: tuple[Server, Path]) -> None:
+    server, store = versions
+    broken = publish_classifier(store, "news", seed=7)
+    weights = store / "news" / str(broken) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100] + b"\0" * (weights.stat().st_size - 100))
+    with httpx.Client(timeout=60) as client:
+        manage, infer = server.urls["management"], server.urls["inference"]
+        assert client.post(f"{manage}/models?url=news/{broken}&initial_workers=1").status_code == 202
+        assert server.registry.get("news").version == "2"  # loading: the warm version keeps the requests
+        wait_until(
+            lambda: server.registry.get("news", str(broken)).load_error is not None, what="load failure"
+        )
+        assert server.registry.get("news").version == "2"  # failed: it never takes the default
+        assert client.post(f"{infer}/predictions/news", json={"text": "a"}).status_code == 200
+        assert client.delete(f"{manage}/models/news/{broken}").status_code == 200
+        good = publish_classifier(store, "news", seed=8)
+        assert client.post(f"{manage}/models?url=news/{good}&initial_workers=1").status_code == 202
+        assert server.registry.get("news").version == "2"
+        wait_until(lambda: server.registry.get("news").version == str(good), what="the new default")
+        assert client.delete(f"{manage}/models/news/{good}").status_code == 200
     assert server.registry.get("news").version == "2"
 
 

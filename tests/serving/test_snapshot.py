@@ -101,3 +101,45 @@ def test_a_snapshot_replays_at_most_the_worker_caps(tmp_path: Path) -> None:
 
 
 _ECHO = "serving_handlers:EchoAPI"
+
+
+@pytest.mark.slow
+def test_a_restart_from_another_directory_restores_a_relative_store(
+    store_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(store_root, tmp_path / "store")
+    (tmp_path / "sub").mkdir()
+    idle = ModelSettings(workers=0)  # nothing to load: the test is about what is registered
+    monkeypatch.chdir(tmp_path)
+    with (
+        running(settings(store=Path("store"), use_snapshot=True, model_defaults=idle)) as server,
+        httpx.Client(base_url=server.urls["management"], timeout=60) as manage,
+    ):
+        assert manage.put("/models/news/1?min_worker=1").status_code == 202
+    snapshot = read_snapshot(tmp_path / "store" / ".serve-snapshot.json")
+    assert snapshot is not None
+    assert [entry.path for entry in snapshot.entries] == [str(tmp_path / "store" / "news" / v) for v in "12"]
+    monkeypatch.chdir(tmp_path / "sub")
+    with running(settings(store=Path("../store"), use_snapshot=True, model_defaults=idle)) as server:
+        workers = {v.version: v.target_workers for v in server.registry.versions("news")}
+        assert workers == {"1": 1, "2": 0}  # the snapshot's entries, not the store's versions served anew
+
+
+@pytest.mark.slow
+def test_store_versions_whose_entries_are_lost_are_served_like_new_ones(
+    tmp_path: Path, store_root: Path
+) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(store_root, store)
+    gone = [
+        SnapshotEntry("news", v, f"elsewhere/store/news/{v}", f"news/{v}", _CLASSIFIER, 1, {}) for v in "12"
+    ]
+    write_snapshot(store / ".serve-snapshot.json", Snapshot(gone, {}, {"news": [1, 2]}))
+    with running(settings(store=store, use_snapshot=True, model_defaults=ModelSettings(workers=0))) as server:
+        assert [v.version for v in server.registry.versions("news")] == ["1", "2"]
+    snapshot = read_snapshot(store / ".serve-snapshot.json")
+    assert snapshot is not None
+    assert [entry.path for entry in snapshot.entries] == [str(store / "news" / v) for v in "12"]
+
+
+_CLASSIFIER = "torchship.serving.handlers:TextClassifierAPI"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -11,9 +12,9 @@ import pytest
 from serving_handlers import EchoAPI
 from serving_support import publish_classifier
 
-from torchship.errors import NotFoundError, UserInputError
+from torchship.errors import NotFoundError, PackageError, UserInputError
 from torchship.serving import TextClassifierAPI
-from torchship.serving.package_files import RegistrationLimits
+from torchship.serving.package_files import RegistrationLimits, open_file
 from torchship.serving.sources import ModelSources
 from torchship.store import ModelStore
 
@@ -65,7 +66,11 @@ def test_an_identical_package_is_served_from_the_version_it_matches(
 
 
 @pytest.mark.parametrize(
-    "url", ["http://host/m.zip", "s3://bucket/m", "../outside", "/etc", "a\x00b", "x" * 300, "x" * 5000]
+    "url",
+    [
+        *("http://host/m.zip", "s3://bucket/m", "../outside", "/etc", "a\x00b", "x" * 300, "x" * 5000),
+        *("news/" + "1" * 5000, "news:" + "1" * 4400),  # a version number past the int digit limit
+    ],
 )
 def test_refused_urls(sources: ModelSources, url: str) -> None:
     with pytest.raises(UserInputError):
@@ -169,3 +174,46 @@ def test_a_model_file_needs_the_operators_opt_in(tmp_path: Path, scripted_model:
     allowed = ModelSources(ModelStore(tmp_path / "store"), [uploads], custom, allow_code_models=True)
     source = allowed.resolve(str(uploads / "model.pt2"), None, 2)
     assert (source.name, source.version, source.handler) == ("model", "2", EchoAPI)
+
+
+def _encrypted(archive: Path) -> Path:
+    """``archive`` with the "encrypted" flag set on every member (zipfile cannot write real encryption)."""
+    data = bytearray(archive.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature)
+        while at != -1:
+            data[at + offset] |= 1
+            at = data.find(signature, at + 4)
+    archive.write_bytes(bytes(data))
+    return archive
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("file_and_folder", "is a file and also the folder"),
+        ("long_name", "cannot be extracted"),
+        ("encrypted", "unencrypted"),
+    ],
+)
+def test_archives_that_cannot_be_extracted_are_package_errors(
+    sources: ModelSources, tmp_path: Path, kind: str, message: str
+) -> None:
+    package = tmp_path / "uploads" / "upload" / "1"
+    extra = {"file_and_folder": {"x": b"a", "x/y": b"b"}, "long_name": {"a" * 300: b"a"}}.get(kind)
+    archive = _zip(package, tmp_path / "uploads" / f"{kind}.zip", extra)
+    if kind == "encrypted":
+        _encrypted(archive)
+    with pytest.raises(PackageError, match=message):
+        sources.resolve(str(archive), "zipped", 1)
+    assert ModelStore(tmp_path / "store").versions("zipped") == []
+
+
+def test_a_fifo_in_a_package_is_refused_without_opening_it(sources: ModelSources, tmp_path: Path) -> None:
+    package = tmp_path / "uploads" / "upload" / "1"
+    (package / "config.json").unlink()
+    os.mkfifo(package / "config.json")  # opening it for reading would block until a writer comes
+    with pytest.raises(UserInputError, match="not a regular file"):
+        sources.resolve(str(package), None, 1)
+    with pytest.raises(UserInputError, match="not a regular file"):
+        open_file(package, "config.json")  # put there after the manifest was taken: refused, not blocked

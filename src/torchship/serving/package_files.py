@@ -11,6 +11,7 @@ refusing absolute names, ``..``, links and oversized contents.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -89,15 +90,10 @@ def directory_manifest(root: Path, limits: RegistrationLimits) -> Manifest:
     manifest: Manifest = {}
     total = 0
     for folder, directories, files in os.walk(root):
-        for entry in (*directories, *files):
-            item = Path(folder) / entry
-            if item.is_symlink():
-                raise UserInputError(
-                    f"Cannot register {root}: it contains a symlink ({entry}); copy real files"
-                )
+        sizes = {entry: _entry_size(root, Path(folder) / entry) for entry in (*directories, *files)}
         for entry in files:
             item = Path(folder) / entry
-            manifest[item.relative_to(root).as_posix()] = size = item.stat().st_size
+            manifest[item.relative_to(root).as_posix()] = size = sizes[entry]
             total += size
             if len(manifest) > limits.max_package_files:
                 raise UserInputError(
@@ -112,12 +108,50 @@ def directory_manifest(root: Path, limits: RegistrationLimits) -> Manifest:
     return manifest
 
 
+def _entry_size(root: Path, item: Path) -> int:
+    """The size of a regular file (0 for a folder); anything else is refused without opening it: a FIFO
+    or device would block or never end the read, a symlink could point anywhere."""
+    status = item.lstat()
+    mode = status.st_mode
+    if stat.S_ISLNK(mode):
+        raise UserInputError(f"Cannot register {root}: it contains a symlink ({item.name}); copy real files")
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise UserInputError(
+            f"Cannot register {root}: {item.relative_to(root)} is not a regular file or folder (a FIFO, "
+            "socket or device); packages hold plain files"
+        )
+    return status.st_size if stat.S_ISREG(mode) else 0
+
+
 def open_file(root: Path, name: str) -> IO[bytes]:
-    return (root / name).open("rb")
+    """``root/name`` for reading, only when it is a regular file: O_NONBLOCK so that a FIFO put there since
+    the manifest was taken does not block the open, O_NOFOLLOW so that a symlink is not followed."""
+    try:
+        descriptor = os.open(root / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UserInputError(f"Cannot register {root}: {name} is a symlink; copy real files") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise UserInputError(
+                f"Cannot register {root}: {name} is not a regular file; packages hold plain files"
+            )
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def open_member(archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], name: str) -> IO[bytes]:
-    return archive.open(members[name])
+    member = members[name]
+    try:
+        return archive.open(member)
+    except RuntimeError as exc:  # zipfile's way of saying "encrypted" (it cannot decrypt without a password)
+        raise PackageError(
+            f"The archive member {member.filename!r} cannot be read ({exc}); packages hold unencrypted files"
+        ) from exc
 
 
 def read_json_config(opener: Opener, manifest: Manifest) -> dict[str, object]:
@@ -172,7 +206,10 @@ def copy_package(source: Path, target: Path, budget: Budget) -> None:
             destination.mkdir(parents=True, exist_ok=True)
         elif item.is_file() and not item.is_symlink():
             destination.parent.mkdir(parents=True, exist_ok=True)
-            with item.open("rb") as reader, destination.open("wb") as sink:
+            with (
+                open_file(source, item.relative_to(source).as_posix()) as reader,
+                destination.open("wb") as sink,
+            ):
                 _copy_stream(reader, sink, budget)
 
 
@@ -210,6 +247,7 @@ def archive_members(archive: zipfile.ZipFile, limits: RegistrationLimits) -> dic
         if stat.S_ISLNK(info.external_attr >> 16):
             raise UserInputError(f"The archive member {info.filename!r} is a symlink; packages hold files")
         members[Path(name).as_posix()] = info
+    _refuse_file_folder_clashes(members)
     declared = sum(info.file_size for info in members.values())
     if declared > limits.max_package_size:
         raise UserInputError(
@@ -219,14 +257,38 @@ def archive_members(archive: zipfile.ZipFile, limits: RegistrationLimits) -> dic
     return members
 
 
+# Extraction failures that are the server's problem, whatever the archive holds.
+_SERVER_SIDE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+
+
+def _refuse_file_folder_clashes(members: dict[str, zipfile.ZipInfo]) -> None:
+    """A name that is a file and also a folder of another member ("x" and "x/y") cannot be extracted."""
+    for name in members:
+        for folder in Path(name).parents:
+            clash = members.get(folder.as_posix())
+            if clash is not None:
+                raise PackageError(
+                    f"The archive member {clash.filename!r} is a file and also the folder of "
+                    f"{members[name].filename!r}; rename one of them"
+                )
+
+
 def extract(
     archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], target: Path, budget: Budget
 ) -> None:
     root = target.resolve()
     for name, member in members.items():
-        destination = (target / name).resolve()
-        if not destination.is_relative_to(root):
-            raise UserInputError(f"The archive member {member.filename!r} would land outside the package")
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        with archive.open(member) as source, destination.open("wb") as sink:
-            _copy_stream(source, sink, budget)
+        try:
+            destination = (target / name).resolve()
+            if not destination.is_relative_to(root):
+                raise UserInputError(f"The archive member {member.filename!r} would land outside the package")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with open_member(archive, members, name) as source, destination.open("wb") as sink:
+                _copy_stream(source, sink, budget)
+        except OSError as exc:  # a name too long for the file system, a file where a folder must be, ...
+            if exc.errno in _SERVER_SIDE_ERRNOS:  # the server's disk, not the archive: stays a 500
+                raise
+            raise PackageError(
+                f"The archive member {member.filename!r} cannot be extracted ({exc.strerror or exc}); "
+                "use short, plain file names"
+            ) from exc

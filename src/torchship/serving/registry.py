@@ -5,9 +5,17 @@ is routable at once, a new default takes the next request, and an unregistered v
 routable at once while the requests already queued or running on it complete (it is drained before its
 workers stop). A request routed to a version before its body arrived and submitted after the version was
 unregistered finds it marked ``retired`` and is routed again (:meth:`Registry.reroute`): to the new
-default, or a 404 when it named the version. The default is the latest version (by number) that has
-workers, unless one was set explicitly: registering a version with 0 workers, or scaling one to 0, never
-moves the default to it by itself. ``on_change`` runs after every change (the snapshot).
+default, or a 404 when it named the version.
+
+The default version, unless one was set explicitly (``set-default``), is the latest version (by number)
+that is *serving*: it has workers and at least one of them has loaded the model. A version registered
+later takes the default only once one of its workers is ready, so requests keep going to the warm older
+version while it loads, and a version that fails to load never takes it. Only while no version is serving
+(at startup, say) is the default the latest version with workers that is not failing to load, so that the
+latest store version is the default from the start. A version with 0 workers never becomes the default
+by itself. The default is picked again on every registration, unregistration and scaling, and whenever a
+worker of a version becomes ready, is lost or fails to load. ``on_change`` runs after every change (the
+snapshot).
 """
 
 from __future__ import annotations
@@ -43,11 +51,20 @@ class _Model:
         return max(self.versions, key=version_key) if self.versions else None
 
     def pick_default(self) -> None:
-        """Unless set explicitly: the latest version with workers, else the latest (None when empty)."""
+        """Unless set explicitly: the latest serving version, else the latest with workers that is not
+        failing to load, else the latest with workers, else the latest (None when empty); see the module
+        docstring."""
         if self.explicit_default and self.default in self.versions:
             return
-        staffed = [version for version, served in self.versions.items() if served.target_workers > 0]
-        self.default = max(staffed, key=version_key) if staffed else self.latest()
+        staffed = {version: served for version, served in self.versions.items() if served.target_workers > 0}
+        serving = [version for version, served in staffed.items() if served.serving_workers > 0]
+        loading = [version for version, served in staffed.items() if served.load_error is None]
+        for candidates in (serving, loading, list(staffed)):
+            if candidates:
+                self.default = max(candidates, key=version_key)
+                break
+        else:
+            self.default = self.latest()
         self.explicit_default = False
 
 
@@ -109,6 +126,7 @@ class Registry:
                 f"(DELETE /models/{name}/{version}) or register it under another model_name"
             )
         served = ServedVersion(spec, self._metrics.for_version(name, version))
+        served.on_serving_change = model.pick_default
         model.versions[version] = served
         try:
             served.scale(workers)

@@ -90,10 +90,18 @@ class Server:
     def _initial_specs(self, snapshot: Snapshot | None) -> list[tuple[VersionSpec, int]]:
         defaults = self.settings.model_defaults
         specs: list[tuple[VersionSpec, int]] = []
+        known_before: dict[str, list[int]] = {}
         if snapshot is not None:
-            specs += self._restore_all(snapshot.entries)
+            restored, lost = self._restore_all(snapshot.entries)
+            specs += restored
+            # A store version whose entry could not be restored (files moved, handler gone) is not decided
+            # about: served like a new version, never dropped for good because of an unreadable entry.
+            known_before = {
+                name: [v for v in versions if (name, str(v)) not in lost]
+                for name, versions in snapshot.store_versions.items()
+            }
         store_sources = self.sources.store_sources()
-        for name, versions in (snapshot.store_versions if snapshot is not None else {}).items():
+        for name, versions in known_before.items():
             self._known_store.setdefault(name, set()).update(versions)
         for source in store_sources:
             self._known_store.setdefault(source.name, set()).add(int(source.version))
@@ -101,7 +109,7 @@ class Server:
         for source in store_sources:
             latest[source.name] = max(latest.get(source.name, 0), int(source.version))
         for source in store_sources:
-            known = snapshot.store_versions.get(source.name, []) if snapshot is not None else []
+            known = known_before.get(source.name, [])
             if snapshot is None or int(source.version) not in known:
                 # Unless --workers says otherwise, a model's latest version (its default) gets the default
                 # worker count and older ones one worker each: every version stays callable, and a store
@@ -116,19 +124,24 @@ class Server:
             specs.append((self._spec(self.sources.package(path), defaults, True), defaults.worker_count))
         return specs
 
-    def _restore_all(self, entries: Sequence[SnapshotEntry]) -> list[tuple[VersionSpec, int]]:
+    def _restore_all(
+        self, entries: Sequence[SnapshotEntry]
+    ) -> tuple[list[tuple[VersionSpec, int]], set[tuple[str, str]]]:
         """The snapshot's versions, with at most the worker caps of today's settings: a snapshot records
-        what clients asked for, and replaying it must not spawn more than a client may ask for now."""
+        what clients asked for, and replaying it must not spawn more than a client may ask for now. Also
+        ``(name, version)`` of each entry that could not be restored."""
         budget = self.settings.max_workers_total
         restored: list[tuple[VersionSpec, int]] = []
+        lost: set[tuple[str, str]] = set()
         for entry in entries:
             try:
                 workers = min(entry.workers, self.settings.max_workers_per_version, budget)
                 spec = self._restore(entry, workers)
             except (ConfigError, TypeError, ValueError) as exc:  # a hand-edited or older snapshot entry
                 logger.warning("snapshot entry %s/%s not restored: %s", entry.name, entry.version, exc)
-                continue
+                spec = None
             if spec is None:
+                lost.add((entry.name, entry.version))
                 continue
             if workers < entry.workers:
                 logger.warning(
@@ -143,7 +156,7 @@ class Server:
                 )
             budget -= workers
             restored.append((spec, workers))
-        return restored
+        return restored, lost
 
     def _restore(self, entry: SnapshotEntry, workers: int) -> VersionSpec | None:
         classes = {_qualname(cls): cls for cls in (*BUILTIN_HANDLERS.values(), *self.sources.custom.values())}
@@ -153,8 +166,12 @@ class Server:
                 "snapshot entry %s/%s not restored: its handler or files are gone", entry.name, entry.version
             )
             return None
-        own_files = {str(api.model_path) for api in self._apis if api.model_path is not None}
-        is_code = bool(entry.path) and Path(entry.path).is_file() and entry.path not in own_files
+        own_files = {str(api.model_path.resolve()) for api in self._apis if api.model_path is not None}
+        is_code = (
+            bool(entry.path)
+            and Path(entry.path).is_file()
+            and str(Path(entry.path).resolve()) not in own_files
+        )
         if is_code and not self.settings.allow_code_models:  # registered while allowed; no longer allowed
             logger.warning(
                 "snapshot entry %s/%s not restored: its model file runs code when loaded and "
@@ -192,6 +209,9 @@ class Server:
         source = await asyncio.to_thread(self.sources.resolve, url, name, next_version)
         synchronous = parse_bool(params, "synchronous", False)
         spec = self._spec(source, settings.replace(workers=workers))
+        # Again, now: other registrations may have taken workers while this one resolved off the loop.
+        # From here to registry.register's count of the workers nothing awaits, so the cap holds.
+        self._check_workers("initial_workers", workers)
         served = await self.registry.register(spec, workers=workers, synchronous=synchronous)
         if self.sources.store_version(source.path) == (source.name, source.version):
             # A store version registered under its own name is decided about from now on: one unregistered
@@ -256,7 +276,7 @@ class Server:
             SnapshotEntry(
                 served.name,
                 served.version,
-                str(served.spec.api.model_path or ""),
+                _absolute(served.spec.api.model_path),
                 served.spec.url,
                 served.spec.handler,
                 served.target_workers,
@@ -321,6 +341,12 @@ def _cannot_serve(served: ServedVersion) -> str | None:
     if served.load_error is not None:
         return f"no worker could load the model: {served.load_error}"
     return "its workers are still loading the model"
+
+
+def _absolute(path: Path | None) -> str:
+    """A model path as the snapshot records it: absolute, so that a restart from another working
+    directory (a relative --store) finds the same files."""
+    return str(path.resolve()) if path is not None else ""
 
 
 def _qualname(cls: type[ModelAPI]) -> str:

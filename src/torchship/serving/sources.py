@@ -60,7 +60,7 @@ __all__ = ["ModelSources", "Source"]
 
 logger = logging.getLogger("torchship.serving")
 
-_STORE_REF = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})(?:[/:]([1-9][0-9]*))?$")
+_STORE_REF = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})(?:[/:]([1-9][0-9]{0,17}))?$")  # < 10**18
 _MAX_PATH = 4096  # PATH_MAX on Linux
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 

@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,8 @@ class ServedVersion:
         self._drained: list[asyncio.Future[None]] = []
         self.retired = False
         """Set by ``Registry.unregister``: no new request may be queued here (see :meth:`submit`)."""
+        self.on_serving_change: Callable[[], None] | None = None
+        """Called when a worker becomes ready, is lost or fails to load (the registry picks the default)."""
 
     # ----------------------------------------------------------------------------------- requests
     def submit(self, content_type: str, body: bytes) -> asyncio.Future[Outcome]:
@@ -198,6 +201,7 @@ class ServedVersion:
     def _on_ready(self) -> None:
         self._update_workers_gauge()
         self._dispatch()
+        self._serving_changed()
 
     def _on_done(self, worker: WorkerProcess, batch_id: int, seconds: float, outcomes: list[Any]) -> None:
         running = self._running.pop(batch_id, None)
@@ -248,6 +252,7 @@ class ServedVersion:
                 )
         self._update_workers_gauge()
         self._notify_drained()
+        self._serving_changed()
 
     def _on_load_failure(self, reason: str) -> None:
         if self._pool.serving > 0:
@@ -256,6 +261,11 @@ class ServedVersion:
             _fail(job, self._cannot_load(reason))
         self.metrics.queue_depth.set(0)
         self._notify_drained()
+        self._serving_changed()
+
+    def _serving_changed(self) -> None:
+        if self.on_serving_change is not None and not self.retired:
+            self.on_serving_change()
 
     # ---------------------------------------------------------------------------------- lifecycle
     def scale(self, workers: int) -> None:
