@@ -12,7 +12,7 @@ in this order, from the environment (``TORCHSHIP_MANAGEMENT_KEY``, ``TORCHSHIP_I
 from the moment the file exists::
 
     {
-      "management": {"key": "...", "expiration time": "2026-01-01T12:00:00.000000Z"},
+      "management": {"key": "...", "expiration time": "YYYY-MM-DDThh:mm:ss.ffffffZ"},
       "inference": {"key": "..."},
       "API": {"key": "..."}
     }
@@ -305,7 +305,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _iso(timestamp: float) -> str:
-    """TorchServe's ``Instant.toString()`` form: ``2026-01-01T12:00:00.000000Z``."""
+    """TorchServe's ``Instant.toString()`` form: ``YYYY-MM-DDThh:mm:ss.ffffffZ`` (UTC, microseconds)."""
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
