@@ -35,6 +35,11 @@ def test_parameters_refuse_what_no_setting_can_be() -> None:
     digits = "9" * 5000  # more than Python's int digit limit: a ValueError of its own
     with pytest.raises(UserInputError, match=r"min_worker must be an integer, got '99.*\(5000 characters\)"):
         parse_int({"min_worker": digits}, "min_worker", 1)
+    for other_digits in ("\uff11", "\u0661"):  # a full-width 1 and an Arabic-Indic 1: int() reads both
+        with pytest.raises(UserInputError, match="min_worker must be an integer"):
+            parse_int({"min_worker": other_digits}, "min_worker", 1)
+        with pytest.raises(UserInputError, match="max_batch_delay must be a number"):
+            parse_float({"max_batch_delay": other_digits}, "max_batch_delay")
 
 
 def test_parameters_parse_or_name_the_bad_one() -> None:

@@ -30,7 +30,11 @@ def test_loopback_names_pass_the_host_check(host: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "host", ["attacker.example", "attacker.example:8080", "10.0.0.5", "[::2]:80", "127.0.0.1.evil"]
+    "host",
+    [
+        *("attacker.example", "attacker.example:8080", "10.0.0.5", "[::2]:80", "127.0.0.1.evil"),
+        *("localhost:evil", "[::1]evil.example"),  # what follows a name must be a port
+    ],
 )
 def test_other_names_are_refused_on_a_loopback_bind(host: str) -> None:
     refusal = Edge("management", check_host=True).admit(_scope(host=host)).refusal

@@ -158,10 +158,19 @@ def _host_name(host: str) -> str:
     """``Host`` without its port, brackets and trailing dot, in lower case: ``[::1]:8080`` is ``::1``."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
+        name, _, port = host[1:].partition("]")
+        return name if _is_port(port) else host  # "[::1]evil.example" names nothing of ours
     if host.count(":") == 1:
-        host = host.rsplit(":", 1)[0]
+        host, port = host.rsplit(":", 1)
+        if not _is_port(":" + port):
+            return host + ":" + port  # "localhost:evil" is not localhost
     return host.rstrip(".")
+
+
+def _is_port(suffix: str) -> bool:
+    """``""`` or ``":8080"``: what may follow a host name in a Host header."""
+    digits = suffix[1:]
+    return suffix == "" or (suffix[:1] == ":" and (digits == "" or (digits.isascii() and digits.isdigit())))
 
 
 def build_edges(

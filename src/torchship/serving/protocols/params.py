@@ -16,6 +16,8 @@ def parse_int(params: Mapping[str, str], name: str, default: int) -> int:
     if value is None or value == "":
         return default
     try:
+        if not value.isascii():  # int() reads other scripts' digits too (a full-width one is 1)
+            raise ValueError(value)
         return int(value)  # more digits than sys.get_int_max_str_digits() is a ValueError too
     except ValueError:
         raise UserInputError(f"Parameter {name} must be an integer, got {_shown(value)}") from None
@@ -27,6 +29,8 @@ def parse_float(params: Mapping[str, str], name: str) -> float | None:
     if value is None or value == "":
         return None
     try:
+        if not value.isascii():
+            raise ValueError(value)
         number = float(value)
     except ValueError:
         raise UserInputError(f"Parameter {name} must be a number, got {_shown(value)}") from None
