@@ -18,7 +18,7 @@ window would count as much as a full one in the average while carrying a handful
     >>> split_windows([101, 1, 2, 102], length=5, overlap=1)
     [[101, 1, 2, 102]]
 
-Measured on BBC News with all-MiniLM-L6-v2 (split 42; ``benchmarks/train_bbc.py``): see the README's
+Measured on BBC News with all-MiniLM-L6-v2 (split 42; ``benchmarks/train_bbc.py``): see docs/performance.md's
 training section. Hugging Face ``tokenizers`` can return the overflow of a truncated text itself
 (``enable_truncation(stride=...)`` and ``Encoding.overflowing``), but its last window holds whatever is
 left over, down to a single token; hence this small module.

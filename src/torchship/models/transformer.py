@@ -20,25 +20,12 @@ gradients off then runs the fused ``_transformer_encoder_layer_fwd`` kernel, and
 the padding with nested tensors. Why not the fused kernel:
 
 * **CPU.** Its attention materialises a masked softmax where SDPA has a flash-attention kernel, and the
-  module re-checks some twenty fast-path conditions per layer in Python on every call. Measured with torch
-  2.13 on the 2-core machine (2026-12-04), encoder only, demo model (2 layers, width 128), one thread, us
-  per call, fused kernel -> SDPA:
+  module re-checks some twenty fast-path conditions per layer in Python on every call: SDPA measured
+  1.2-3x faster, most on long texts.
+* **CUDA.** SDPA measured faster on short texts and as exact as a float64 run where the fused kernel was
+  not; nested tensors win back some ground on large batches of long, padded texts.
 
-      tokens   batch 1             batch 8               batch 32
-      16       701 -> 533          2,107 -> 1,759        6,214 -> 5,270
-      128      2,641 -> 1,641      20,762 -> 11,902      90,054 -> 44,066
-      512      22,287 -> 10,970    254,804 -> 83,474     932,662 -> 306,321
-
-  With two threads the picture is the same but for 16 tokens x 32 (2,863 -> 3,012 us). all-MiniLM-L6-v2
-  (6 post-norm layers, width 384, two threads, batch 8): 32 tokens 69 -> 70 ms, 128 tokens 266 -> 198 ms,
-  512 tokens 1,428 -> 1,006 ms, nested tensors included on the fused side.
-* **CUDA.** Measured on one H200 with torch 2.11 (2026-12-04), fp32, whole model, BBC texts padded to the
-  longest of each batch, texts/s, SDPA / fused: the demo model 1.06-1.28x faster at batches 1, 32 and 128
-  of articles and of 12-word texts; all-MiniLM-L6-v2 1.66-1.95x on 12-word texts and 2.45x on single
-  articles, but 0.91x and 0.77x on batches of 32 and 128 whole articles, where nested tensors skip much
-  padding (the server's batches group similar lengths, which leaves less of it). The fused kernel was
-  also the less exact one there: largest logit error against a float64 CPU run 4.7e-4 (demo) and 1.2e-4
-  (MiniLM), against 9.5e-7 and 6.5e-8 for SDPA.
+The measurements are in the docs' performance page (``docs/performance.md``, "Model inference").
 
 Training (or any call with gradients on) always runs the module itself, and so does a model whose encoder
 has forward hooks or was wrapped (FSDP, say), so that hooks and wrappers see the calls they expect; other

@@ -41,21 +41,14 @@ class TextClassifierAPI(ModelAPI):
     """Serves a torchship package whose ``config.json`` says ``"handler": "text-classifier"``."""
 
     inference_calls_steps = False
-    # Measured on the demo-sized model, 1 thread (benchmarks/serve.py's model): per-sample cost grows with
-    # the padded tokens of a forward call past a few thousand (attention is quadratic and stops fitting
-    # in cache). With the fused encoder kernel, 32 BBC articles (~400 tokens) in one call ran at 26/s, one
-    # or two per call at 44/s; 64 16-token texts ran best in one call (~2300/s). Rechecked after the CPU
-    # moved to SDPA (2026-12-04, batches of 32 articles, texts/s by cap): 512: 128, 1,024: 135, 2,048: 140,
-    # 4,096: 119, 16,384: 123; 64-word texts 896 / 867 / 890 / 726 / 806. 1,024-2,048 are level within the
-    # noise, so the cap stays. A call gets at most max_tokens padded tokens.
+    # Per-sample cost grows with the padded tokens of a call past a few thousand (attention is quadratic
+    # and stops fitting in cache); docs/performance.md ("Handler token caps") has the measurements.
     max_tokens = 1024
     """Padded tokens per forward call (batch x longest text) on a CPU; a longer text still gets a call of its
     own."""
     max_tokens_gpu = 32768
-    """The same on a GPU. Measured on one H200 with the demo model (2026-12-04), texts/s on BBC articles for
-    batches of 128 / 512 texts: cap 2,048: 1,927 / 2,182; 8,192: 3,680 / 3,726; 32,768: 4,180 / 4,517;
-    131,072: 3,846 / 4,676; no cap: 3,875 / 4,024. Past 32k the speed stays within noise while peak memory
-    grows (batch 512: 651 MiB at 32k, 2.5 GB at 131k); short texts never reach the cap."""
+    """The same on a GPU: past 32k tokens the speed stays level while peak memory grows (docs/performance.md,
+    "Handler token caps")."""
     max_padding = 0.25
     """Padding allowed in a forward call, as a fraction of its real tokens (plus ``padding_slack``)."""
     padding_slack = 64

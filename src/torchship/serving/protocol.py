@@ -4,10 +4,8 @@ one ``send``.
 uvicorn writes the status line and headers, then the body, with two ``transport.write`` calls, and uvloop
 sends each at once: two system calls and two TCP segments per response (``TCP_NODELAY`` is on), so the
 client also wakes up twice. :class:`CoalescingTransport` keeps the writes of the current turn and sends
-them together at the end of it, after the body has been written in the same turn. Measured on the
-2-core machine (wrk at 64 connections on the same cores, 16-token texts, 2 workers; 4 alternating pairs
-of 10 s runs, 2026-12-04): the server process's CPU per request fell from 92 to 79 us, wrk's by a third
-(it reads one segment per response instead of two), and throughput rose in every pair, by 7-20%.
+them together at the end of it, after the body has been written in the same turn: less CPU per request
+on both sides and more requests/s (docs/performance.md, "One send per response").
 
 Everything else is uvicorn's: parsing, keep-alive, pipelining, ``Expect: 100-continue``, flow control
 (the real transport still calls ``pause_writing``, one turn later at most) and shutdown.

@@ -53,7 +53,7 @@ class ModelSettings:
     batch_size: int = 32
     """Largest number of requests run together in one call of the handler. 32 is the measured best at
     64 concurrent clients on a 2-core CPU (16 was slower) and on an H200 (128 was slower there at 64
-    clients, faster only with ~256 in flight, at twice the p99; see the README's GPU serving table)."""
+    clients, faster only with ~256 in flight, at twice the p99; docs/performance.md, GPU serving)."""
     max_batch_delay: float = 0.0
     """Milliseconds a request may wait for others to join its batch while other batches of the same version
     run (a request that finds nothing else in flight goes at once). At 0, the default, a free worker takes
