@@ -45,7 +45,7 @@ import torch
 
 from peers.package import benchmark_texts
 from serve_load import LoadResult, run_load
-from torchship.serving.handlers import TextClassifierAPI
+from torchship.serving.text_classifier import TextClassifierAPI
 from torchship.store import resolve_model
 
 THREADS = (1, 2)

@@ -9,7 +9,7 @@
 
 It prints the pipe round trip per batch, the HTTP stand-in's rate alone and next to a model thread, and
 the model's rate alone and next to the HTTP stand-in. The decision and the numbers are in
-``torchship/serving/workers.py``.
+``torchship/serving/workers/process.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 import torch
 
 from torchship.data.formats import read_examples
-from torchship.serving.handlers import TextClassifierAPI
+from torchship.serving.text_classifier import TextClassifierAPI
 from torchship.store import resolve_model
 
 

@@ -2,11 +2,12 @@
 
     python benchmarks/worker_round_trip.py [--rounds 2000] [--batch 32] [--big-mb 6]
 
-A real :class:`~torchship.serving.workers.WorkerProcess` runs an echo handler (it returns each payload's
+A real :class:`~torchship.serving.workers.process.WorkerProcess`
+runs an echo handler (it returns each payload's
 length, so only the requests are big) on a uvloop event loop; the benchmark sends one batch at a time and
 waits for its answer. It prints the median round trip of a batch of small JSON bodies (the hot path: what
 the server adds per batch) and of a batch of ``--big-mb`` MB bodies (what the pipe must carry whole).
-The choice of transport and its reasons are in ``torchship/serving/workers.py``.
+The choice of transport and its reasons are in ``torchship/serving/workers/process.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import uvloop
 
 from torchship.serving import ModelAPI
-from torchship.serving.workers import WorkerProcess, WorkerState
+from torchship.serving.workers.process import WorkerProcess, WorkerState
 
 
 class LengthAPI(ModelAPI):

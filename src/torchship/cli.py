@@ -169,7 +169,7 @@ def _key_parser() -> ArgumentParser:
 def _key(cfg: Namespace) -> int:
     import time
 
-    from torchship.serving.auth import ENVIRONMENT, KEY_KINDS, read_key_file
+    from torchship.serving.http.auth import ENVIRONMENT, KEY_KINDS, read_key_file
 
     kinds = {kind.lower(): kind for kind in KEY_KINDS}
     kind = kinds.get(cfg.kind.lower())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from torchship.errors import ConfigError
-from torchship.serving.addresses import Address, is_loopback, listener_addresses, parse_address
+from torchship.serving.http.addresses import Address, is_loopback, listener_addresses, parse_address
 from torchship.serving.settings import ServerSettings
 
 

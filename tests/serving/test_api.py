@@ -12,8 +12,8 @@ from serving_support import sum_and_difference
 
 from torchship.errors import ConfigError, PackageError
 from torchship.serving import ModelAPI, TextClassifierAPI
-from torchship.serving.api import in_worker_process
 from torchship.serving.errors import HandlerError
+from torchship.serving.handler import in_worker_process
 
 
 def test_construction_is_cheap_and_checks_settings(tmp_path: Path) -> None:

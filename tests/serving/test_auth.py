@@ -15,8 +15,8 @@ from serving_support import auth_settings, bearer, publish_classifier, read_key,
 
 from torchship.cli import main
 from torchship.errors import ConfigError
-from torchship.serving.addresses import Address
-from torchship.serving.auth import Keys, _write_private, guards, inference_key_required
+from torchship.serving.http.addresses import Address
+from torchship.serving.http.auth import Keys, _write_private, guards, inference_key_required
 from torchship.serving.settings import ServerSettings
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torchship.serving.batcher import Batcher
+from torchship.serving.runtime.batcher import Batcher
 
 
 def make(batch_size: int = 4, delay: float = 0.005, capacity: int = 100) -> Batcher[str]:

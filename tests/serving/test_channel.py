@@ -13,7 +13,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from torchship.serving.channel import Channel, frame_header, receive
+from torchship.serving.workers.channel import Channel, frame_header, receive
 
 BIG = 20_000_000  # a hundred times the socket buffer
 

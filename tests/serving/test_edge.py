@@ -11,8 +11,8 @@ import httpx
 import pytest
 from serving_support import auth_settings, bearer, read_key, running, settings
 
-from torchship.serving.auth import Guard, Keys
-from torchship.serving.edge import ADMITTED, Edge, ForbiddenError
+from torchship.serving.http.auth import Guard, Keys
+from torchship.serving.http.edge import ADMITTED, Edge, ForbiddenError
 from torchship.serving.settings import ServerSettings
 
 
@@ -116,9 +116,9 @@ def test_a_dns_rebinding_request_is_refused_by_every_loopback_listener() -> None
 
 
 def test_edges_follow_the_settings_per_listener() -> None:
-    from torchship.serving.addresses import listener_addresses
-    from torchship.serving.auth import guards
-    from torchship.serving.edge import build_edges
+    from torchship.serving.http.addresses import listener_addresses
+    from torchship.serving.http.auth import guards
+    from torchship.serving.http.edge import build_edges
 
     server_settings = ServerSettings(
         inference_address="0.0.0.0:0", cors_allowed_origins=("https://app.example",), token_auth=False

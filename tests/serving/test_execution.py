@@ -10,7 +10,7 @@ import pytest
 from serving_handlers import EchoAPI, WrongCountAPI
 
 from torchship.serving import ModelAPI
-from torchship.serving.execution import Outcome, decode_payload, encode_result, run_batch
+from torchship.serving.workers.batch import Outcome, decode_payload, encode_result, run_batch
 
 
 def test_payloads_are_decoded_by_media_type() -> None:

@@ -12,7 +12,7 @@ from torchship.data.tokenizer import pad_token_ids
 from torchship.data.windows import split_windows
 from torchship.errors import UserInputError
 from torchship.serving import TextClassifierAPI
-from torchship.serving.handlers import plan_groups
+from torchship.serving.text_classifier import plan_groups
 from torchship.store import load_package
 
 

@@ -26,8 +26,8 @@ from serving_support import describe, running, settings, wait_until
 
 from torchship.serving import Server
 from torchship.serving.errors import HandlerError
-from torchship.serving.pool import WorkerPool
-from torchship.serving.workers import WorkerState
+from torchship.serving.workers.pool import WorkerPool
+from torchship.serving.workers.process import WorkerState
 
 pytestmark = pytest.mark.slow
 

@@ -11,15 +11,15 @@ from typing import Any, cast
 import pytest
 
 from torchship.errors import NotFoundError, UserInputError, VersionNotFoundError
-from torchship.serving.edge import Edge
 from torchship.serving.errors import (
     MethodNotAllowedError,
     QueueFullError,
     ResourceNotFoundError,
     error_response,
 )
-from torchship.serving.http import App, Request, Response, Route, Router, torchserve_error
-from torchship.serving.protocol import CoalescingTransport
+from torchship.serving.http.edge import Edge
+from torchship.serving.http.routing import App, Request, Response, Route, Router, torchserve_error
+from torchship.serving.http.transport import CoalescingTransport
 
 
 async def _endpoint(request: Request) -> Response:

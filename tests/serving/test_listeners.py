@@ -18,7 +18,7 @@ from serving_support import auth_settings, bearer, read_key, running, settings
 from torchship.errors import ConfigError
 from torchship.serving import Server, ServerSettings, ServerThread
 from torchship.serving.command import add_serve_arguments, serve_settings
-from torchship.serving.listeners import print_urls
+from torchship.serving.runner import print_urls
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:

@@ -25,7 +25,7 @@ def test_importing_serving_loads_neither_lightning_nor_uvicorn() -> None:
 
 def test_worker_processes_never_import_lightning() -> None:
     code = (
-        "import sys, torchship.serving.worker_process, torchship.serving.handlers, torchship.store; "
+        "import sys, torchship.serving.workers.child, torchship.serving.text_classifier, torchship.store; "
         "print(any(m.split('.')[0] == 'lightning' for m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

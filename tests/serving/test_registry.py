@@ -9,9 +9,9 @@ import pytest
 from serving_handlers import EchoAPI
 
 from torchship.errors import ConfigError, ConflictError, NotFoundError, VersionNotFoundError
-from torchship.serving.metrics import Metrics
-from torchship.serving.registry import Registry, version_key
-from torchship.serving.versions import VersionSpec
+from torchship.serving.runtime.metrics import Metrics
+from torchship.serving.runtime.registry import Registry, version_key
+from torchship.serving.runtime.versions import VersionSpec
 
 
 def _spec(name: str, version: str) -> VersionSpec:

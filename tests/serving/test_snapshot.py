@@ -11,7 +11,7 @@ from serving_support import describe, publish_classifier, running, settings, wai
 
 from torchship.errors import ConfigError
 from torchship.serving import ModelSettings
-from torchship.serving.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot
+from torchship.serving.runtime.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot
 
 
 def test_snapshot_round_trip_leaves_no_temporary_file(tmp_path: Path) -> None:
@@ -142,4 +142,4 @@ def test_store_versions_whose_entries_are_lost_are_served_like_new_ones(
     assert [entry.path for entry in snapshot.entries] == [str(store / "news" / v) for v in "12"]
 
 
-_CLASSIFIER = "torchship.serving.handlers:TextClassifierAPI"
+_CLASSIFIER = "torchship.serving.text_classifier:TextClassifierAPI"

@@ -14,8 +14,8 @@ from serving_support import publish_classifier
 
 from torchship.errors import NotFoundError, PackageError, UserInputError
 from torchship.serving import TextClassifierAPI
-from torchship.serving.package_files import RegistrationLimits, open_file
-from torchship.serving.sources import ModelSources
+from torchship.serving.runtime.package_files import RegistrationLimits, open_file
+from torchship.serving.runtime.sources import ModelSources
 from torchship.store import ModelStore
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 
-from torchship.serving.worker_process import _allocator_trim
+from torchship.serving.workers.child import _allocator_trim
 
 
 def test_freed_memory_can_be_returned_where_the_c_library_is_glibc() -> None:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torchship.serving.api import ModelAPI
-from torchship.serving.handlers import TextClassifierAPI
+from torchship.serving.handler import ModelAPI
 from torchship.serving.settings import ModelSettings, ServerSettings
+from torchship.serving.text_classifier import TextClassifierAPI
 
 if TYPE_CHECKING:
-    from torchship.serving.listeners import ServerThread, run
+    from torchship.serving.runner import ServerThread, run
     from torchship.serving.server import Server
 
 __all__ = [
@@ -35,8 +35,8 @@ __all__ = [
 
 _LAZY = {
     "Server": "torchship.serving.server",
-    "ServerThread": "torchship.serving.listeners",
-    "run": "torchship.serving.listeners",
+    "ServerThread": "torchship.serving.runner",
+    "run": "torchship.serving.runner",
 }
 
 

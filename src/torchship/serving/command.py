@@ -275,7 +275,7 @@ def _add_limit_arguments(parser: ArgumentParser) -> None:
 
 def run_serve(cfg: Namespace) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit status. Raises ``TorchshipError`` for bad input."""
-    from torchship.serving.listeners import run
+    from torchship.serving.runner import run
     from torchship.serving.server import Server
     from torchship.store import resolve_model
 

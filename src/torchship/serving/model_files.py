@@ -10,7 +10,7 @@ model files are code, and are loaded only because the operator chose them:
 
 So the operator decides: a ``model_path`` given in code (``MyAPI(model_path="model.pt2").start()``) is
 loaded, as the operator's own choice, while the management API registers a model file only when the
-server runs with ``allow_code_models`` (see :mod:`torchship.serving.sources`). Plain pickles
+server runs with ``allow_code_models`` (see :mod:`torchship.serving.runtime.sources`). Plain pickles
 (``torch.save`` of a model or a state dict) are refused everywhere: besides running code from the file, a
 state dict alone does not say how to build the model. The message says what to do instead.
 """

@@ -1,7 +1,7 @@
 """The model server: registry, sources, metrics and snapshot together, behind three listeners.
 
 ``Server`` holds the state and the operations the APIs call (register, scale, health); the listeners and
-their lifecycle live in :mod:`torchship.serving.listeners`. ``serve_api`` is what ``ModelAPI.start()``
+their lifecycle live in :mod:`torchship.serving.runner`. ``serve_api`` is what ``ModelAPI.start()``
 runs.
 """
 
@@ -17,16 +17,16 @@ from typing import Any
 
 from torchship.devices import resolve_device
 from torchship.errors import ConfigError, NotFoundError, UserInputError
-from torchship.serving.api import ModelAPI
-from torchship.serving.handlers import BUILTIN_HANDLERS
-from torchship.serving.metrics import Metrics
-from torchship.serving.package_files import RegistrationLimits
+from torchship.serving.handler import ModelAPI
 from torchship.serving.protocols.params import parse_bool, parse_float, parse_int
-from torchship.serving.registry import Registry
+from torchship.serving.runtime.metrics import Metrics
+from torchship.serving.runtime.package_files import RegistrationLimits
+from torchship.serving.runtime.registry import Registry
+from torchship.serving.runtime.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot
+from torchship.serving.runtime.sources import ModelSources, Source
+from torchship.serving.runtime.versions import ServedVersion, VersionSpec
 from torchship.serving.settings import ModelSettings, ServerSettings
-from torchship.serving.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot
-from torchship.serving.sources import ModelSources, Source
-from torchship.serving.versions import ServedVersion, VersionSpec
+from torchship.serving.text_classifier import BUILTIN_HANDLERS
 from torchship.store import ModelStore
 
 __all__ = ["Health", "Server", "serve_api"]
@@ -35,7 +35,7 @@ logger = logging.getLogger("torchship.serving")
 
 
 class Server:
-    """Everything one torchship server serves. Start it with :func:`~torchship.serving.listeners.run`.
+    """Everything one torchship server serves. Start it with :func:`~torchship.serving.runner.run`.
 
     ``apis`` are models given as ``ModelAPI`` objects (``ModelAPI.start()``); their classes may also
     serve new versions registered through the management API. ``packages`` are package directories
@@ -358,7 +358,7 @@ def serve_api(api: ModelAPI, **options: Any) -> None:
 
     ``options`` are ``ServerSettings`` fields, with the same defaults as ``torchship serve`` (token
     authorization on: keys in ./key_file.json, or ``TORCHSHIP_KEY_FILE``)."""
-    from torchship.serving.listeners import run
+    from torchship.serving.runner import run
 
     for key, variable in (
         ("host", "TORCHSHIP_HOST"),

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from torchship.serving.versions import ServedVersion
-from torchship.serving.workers import WorkerState
+from torchship.serving.runtime.versions import ServedVersion
+from torchship.serving.workers.process import WorkerState
 
 __all__ = ["describe", "paginate"]
 

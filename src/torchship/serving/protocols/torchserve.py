@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from torchship.errors import TorchshipError, UserInputError
 from torchship.serving.errors import ErrorResponse
-from torchship.serving.execution import Outcome
-from torchship.serving.http import Request, Response, Route, json_response, torchserve_error
+from torchship.serving.http.routing import Request, Response, Route, json_response, torchserve_error
 from torchship.serving.json_body import parse_json
 from torchship.serving.protocols.describe import describe, paginate
 from torchship.serving.protocols.params import parse_bool, parse_int
+from torchship.serving.workers.batch import Outcome
 
 if TYPE_CHECKING:
     from torchship.serving.server import Server

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from torchship import __version__
 from torchship.errors import TorchshipError, UserInputError
 from torchship.serving.errors import ErrorResponse, QueueFullError
-from torchship.serving.execution import Outcome
-from torchship.serving.http import Request, Response, Route, Scope, json_response
+from torchship.serving.http.routing import Request, Response, Route, Scope, json_response
 from torchship.serving.json_body import parse_json
 from torchship.serving.protocols.v2_tensors import outputs_from_results, read_inputs, to_requests
-from torchship.serving.versions import ServedVersion
+from torchship.serving.runtime.versions import ServedVersion
+from torchship.serving.workers.batch import Outcome
 
 if TYPE_CHECKING:
     from torchship.serving.server import Server

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from torchship.errors import ConfigError, TorchshipError, UserInputError
-from torchship.serving.addresses import Address
+from torchship.serving.http.addresses import Address
 from torchship.serving.settings import ServerSettings
 
 __all__ = [

@@ -27,7 +27,7 @@ from torchship.serving.errors import (
 )
 
 if TYPE_CHECKING:
-    from torchship.serving.edge import Edge
+    from torchship.serving.http.edge import Edge
 
 __all__ = [
     "App",
@@ -191,7 +191,8 @@ def _match(segments: tuple[str, ...], parts: tuple[str, ...]) -> dict[str, str] 
 
 
 class App:
-    """An ASGI app: admit (the :class:`~torchship.serving.edge.Edge`'s Host, Origin and key checks), route,
+    """An ASGI app: admit (the :class:`~torchship.serving.http.edge.Edge`'s
+    Host, Origin and key checks), route,
     run the endpoint, and turn any exception into an error response (one place)."""
 
     def __init__(self, router: Router, format_error: ErrorFormatter, edge: Edge | None = None) -> None:

@@ -13,7 +13,7 @@ drains, then sends "stop"). The server starts workers with both signals blocked,
 its modules survives them too. A worker exits on its own when the pipe closes or the server process goes
 away, so a killed server leaves no orphans behind.
 
-The loop survives whatever a batch raises (see :mod:`~torchship.serving.execution`): the batch is then
+The loop survives whatever a batch raises (see :mod:`~torchship.serving.workers.batch`): the batch is then
 answered with errors, and only ``SystemExit`` from the handler ends the worker.
 """
 
@@ -33,10 +33,10 @@ from typing import Any
 
 from torchship.devices import resolve_device
 from torchship.errors import TorchshipError
-from torchship.serving.api import ModelAPI
-from torchship.serving.channel import receive
 from torchship.serving.errors import HandlerError
-from torchship.serving.execution import error_outcome, run_batch
+from torchship.serving.handler import ModelAPI
+from torchship.serving.workers.batch import error_outcome, run_batch
+from torchship.serving.workers.channel import receive
 
 __all__ = ["worker_main"]
 

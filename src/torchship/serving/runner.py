@@ -3,8 +3,9 @@
 Binding the sockets ourselves lets port 0 work (the OS picks, we read the port back and print it) and
 lets one signal handler stop all three listeners at once. Each listener binds its own address
 (``inference_address`` and friends), speaks HTTPS with ``tls_cert``/``tls_key``, and runs its requests
-through its :class:`~torchship.serving.edge.Edge` and its connections through
-:class:`~torchship.serving.protocol.LimitedHttpToolsProtocol`. The keys are made (and their file written)
+through its :class:`~torchship.serving.http.edge.Edge` and its connections through
+:class:`~torchship.serving.http.transport.LimitedHttpToolsProtocol`.
+The keys are made (and their file written)
 before anything listens, and the file is removed after everything stopped. Shutdown order, on
 SIGTERM/SIGINT or :meth:`ServerRunner.stop`: stop accepting connections, let in-flight requests finish
 (up to ``graceful_timeout``), then drain and stop the workers. A second signal stops without waiting.
@@ -29,12 +30,12 @@ from types import TracebackType
 import uvicorn
 
 from torchship.errors import ConfigError
-from torchship.serving.addresses import Address, listener_addresses
-from torchship.serving.app import inference_app, management_app, metrics_app
-from torchship.serving.auth import ENVIRONMENT, Keys, guards, inference_key_required
-from torchship.serving.edge import build_edges
-from torchship.serving.http import App
-from torchship.serving.protocol import ConnectionLimits, LimitedHttpToolsProtocol
+from torchship.serving.http.addresses import Address, listener_addresses
+from torchship.serving.http.app import inference_app, management_app, metrics_app
+from torchship.serving.http.auth import ENVIRONMENT, Keys, guards, inference_key_required
+from torchship.serving.http.edge import build_edges
+from torchship.serving.http.routing import App
+from torchship.serving.http.transport import ConnectionLimits, LimitedHttpToolsProtocol
 from torchship.serving.server import Server
 
 __all__ = ["ServerRunner", "ServerThread", "run"]
@@ -241,7 +242,7 @@ _EXAMPLE = (
 def print_urls(server: Server, runner: ServerRunner | None = None) -> None:
     """The lines a user needs: where each listener is, where the keys are, and a ``curl`` line to try for
     each model (with the key where one is needed, read when the line runs: no secret is printed)."""
-    from torchship.serving.handlers import TextClassifierAPI
+    from torchship.serving.text_classifier import TextClassifierAPI
 
     urls = server.urls
     keys = runner.keys if runner is not None else None

@@ -7,7 +7,7 @@ one comes back without a restart. Scaling down stops idle workers first, then lo
 have no batch to finish), then busy ones after their current batch. The pool reports to its version
 through three callbacks: a worker became ready, a worker answered a batch, a worker was lost.
 
-Processes start off the event loop (see :mod:`~torchship.serving.workers`), so a scale to many workers
+Processes start off the event loop (see :mod:`~torchship.serving.workers.process`), so a scale to many workers
 returns at once; one stopped before its process started never runs, and a process that cannot start is
 a load failure like a model that cannot load. Once the server shuts down (:meth:`WorkerPool.close`), no
 worker is started or replaced: a worker that dies during the drain is gone for good.
@@ -20,10 +20,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from torchship.serving.api import ModelAPI
 from torchship.serving.errors import HandlerError
+from torchship.serving.handler import ModelAPI
 from torchship.serving.settings import default_torch_threads
-from torchship.serving.workers import WorkerProcess, WorkerState
+from torchship.serving.workers.process import WorkerProcess, WorkerState
 
 __all__ = ["WorkerPool"]
 

@@ -1,5 +1,5 @@
 """A registered package's files, read and copied within the registration limits (the server side of
-``POST /models``, used by :mod:`torchship.serving.sources`).
+``POST /models``, used by :mod:`torchship.serving.runtime.sources`).
 
 A directory and a ``.zip`` archive look alike here: a *manifest* (each file's path inside the package and
 its size, taken from the directory or from the archive's declared sizes) and an *opener* for each file.

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from torchship.errors import PackageError, UserInputError
-from torchship.serving.api import ModelAPI
+from torchship.serving.handler import ModelAPI
 from torchship.serving.json_body import NotJSONError, parse_json
 
 __all__ = ["BUILTIN_HANDLERS", "TextClassifierAPI", "plan_groups"]

@@ -2,7 +2,7 @@
 
 Everything here runs on the event loop and never blocks: :meth:`ServedVersion.submit` queues a request,
 a dispatch runs on the next loop turn (so requests parsed in the same turn share a batch), batches go to
-idle workers by the :class:`~torchship.serving.batcher.Batcher` rule, and results come back through
+idle workers by the :class:`~torchship.serving.runtime.batcher.Batcher` rule, and results come back through
 the pool's callbacks. Failure handling:
 
 * a request that waits longer than ``response_timeout`` is answered 504 and leaves the queue;
@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from torchship.errors import VersionNotFoundError
-from torchship.serving.api import ModelAPI
-from torchship.serving.batcher import Batch, Batcher
 from torchship.serving.errors import (
     HandlerError,
     NoWorkersError,
@@ -32,10 +30,12 @@ from torchship.serving.errors import (
     ServiceUnavailableError,
     WorkerDiedError,
 )
-from torchship.serving.execution import Outcome, error_outcome
-from torchship.serving.metrics import VersionMetrics
-from torchship.serving.pool import WorkerPool
-from torchship.serving.workers import WorkerProcess
+from torchship.serving.handler import ModelAPI
+from torchship.serving.runtime.batcher import Batch, Batcher
+from torchship.serving.runtime.metrics import VersionMetrics
+from torchship.serving.workers.batch import Outcome, error_outcome
+from torchship.serving.workers.pool import WorkerPool
+from torchship.serving.workers.process import WorkerProcess
 
 __all__ = ["Job", "ServedVersion", "VersionSpec"]
 
@@ -269,7 +269,7 @@ class ServedVersion:
 
     # ---------------------------------------------------------------------------------- lifecycle
     def scale(self, workers: int) -> None:
-        """Aim for ``workers`` worker processes (see :class:`~torchship.serving.pool.WorkerPool`)."""
+        """Aim for ``workers`` worker processes (see :class:`~torchship.serving.workers.pool.WorkerPool`)."""
         self._pool.scale(workers)
         self._update_workers_gauge()
         if workers == 0:  # the workers finish their batches; nobody will take what waits

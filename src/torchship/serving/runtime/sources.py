@@ -36,9 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchship.errors import NotFoundError, PackageError, UserInputError, VersionExistsError
-from torchship.serving.api import ModelAPI
-from torchship.serving.handlers import BUILTIN_HANDLERS
-from torchship.serving.package_files import (
+from torchship.serving.handler import ModelAPI
+from torchship.serving.runtime.package_files import (
     Budget,
     Manifest,
     Opener,
@@ -54,6 +53,7 @@ from torchship.serving.package_files import (
     same_bytes,
     tree_size,
 )
+from torchship.serving.text_classifier import BUILTIN_HANDLERS
 from torchship.store import ModelStore, read_config, validate_name
 
 __all__ = ["ModelSources", "Source"]

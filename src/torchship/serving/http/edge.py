@@ -9,7 +9,7 @@ In this order, from one pass over the headers:
    (``cors_allowed_origins`` on inference, ``management_allowed_origins`` on management and metrics) is
    refused with 403, so no web page can drive the server, not even with a simple ``POST`` that needs no
    preflight. An allowlisted one gets CORS headers, and its ``OPTIONS`` preflight is answered here.
-3. **Key**: the listener's :class:`~torchship.serving.auth.Guard` (401).
+3. **Key**: the listener's :class:`~torchship.serving.http.auth.Guard` (401).
 
 The common request (no Origin, a loopback Host seen before, no key needed) costs the header loop and a
 set lookup, and allocates nothing.
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from torchship.errors import TorchshipError
-from torchship.serving.addresses import Address, is_loopback
-from torchship.serving.auth import Guard, UnauthorizedError
+from torchship.serving.http.addresses import Address, is_loopback
+from torchship.serving.http.auth import Guard, UnauthorizedError
 from torchship.serving.settings import ServerSettings
 
 __all__ = ["ADMITTED", "Admission", "Edge", "ForbiddenError", "build_edges"]

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 from torchship.errors import ConflictError, NotFoundError, VersionNotFoundError
 from torchship.serving.errors import HandlerError
-from torchship.serving.metrics import Metrics
-from torchship.serving.versions import ServedVersion, VersionSpec
+from torchship.serving.runtime.metrics import Metrics
+from torchship.serving.runtime.versions import ServedVersion, VersionSpec
 
 __all__ = ["Registry", "version_key"]
 

@@ -1,7 +1,8 @@
 """The three ASGI apps, one per listener: inference (8080), management (8081) and metrics (8082).
 
 Separate listeners let an operator expose inference while keeping management and metrics private, as
-TorchServe does. Each app is a :class:`~torchship.serving.http.App`: its :class:`~torchship.serving.edge.Edge`
+TorchServe does. Each app is a
+:class:`~torchship.serving.http.routing.App`: its :class:`~torchship.serving.http.edge.Edge`
 (Host, Origin, key), routes, and the one error mapping; the inference app answers errors on ``/v2/...`` in
 the Open Inference Protocol's body. With token authorization on, the management app also serves
 TorchServe's token API, ``GET /token?type=management|inference``.
@@ -13,10 +14,10 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from torchship.errors import UserInputError
-from torchship.serving.auth import Keys
-from torchship.serving.edge import Edge
 from torchship.serving.errors import ErrorResponse
-from torchship.serving.http import (
+from torchship.serving.http.auth import Keys
+from torchship.serving.http.edge import Edge
+from torchship.serving.http.routing import (
     App,
     Request,
     Response,
@@ -26,8 +27,8 @@ from torchship.serving.http import (
     json_response,
     torchserve_error,
 )
-from torchship.serving.metrics import CONTENT_TYPE
 from torchship.serving.protocols import inference_routes, management_routes, v2_error, v2_routes
+from torchship.serving.runtime.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from torchship.serving.server import Server

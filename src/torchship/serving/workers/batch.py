@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from torchship.errors import TorchshipError, UserInputError
-from torchship.serving.api import ModelAPI
 from torchship.serving.errors import HandlerError, error_response
+from torchship.serving.handler import ModelAPI
 from torchship.serving.json_body import parse_json
 
 __all__ = ["Outcome", "decode_payload", "encode_result", "error_outcome", "run_batch"]

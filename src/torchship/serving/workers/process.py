@@ -15,8 +15,8 @@ Each worker has its own duplex pipe; the event loop watches it and the process s
 thread per worker is needed. The worker runs one batch at a time. All metrics are counted in the server
 process from its messages, which is why Prometheus needs no multiprocess mode.
 
-The pipe carries a batch of any size whole, both ways (:mod:`~torchship.serving.channel`): the worker
-blocks on its end (``Connection.send``, and :func:`~torchship.serving.channel.receive`, which reads a
+The pipe carries a batch of any size whole, both ways (:mod:`~torchship.serving.workers.channel`): the worker
+blocks on its end (``Connection.send``, and :func:`~torchship.serving.workers.channel.receive`, which reads a
 frame straight into a buffer of its size and so spends ~40% less CPU than ``Connection.recv`` on a big
 batch), and the server writes and parses the same framing on its non-blocking end, with an output buffer
 written as the worker reads. Chosen over the alternatives, measured with
@@ -53,9 +53,9 @@ from multiprocessing import resource_tracker
 from typing import Any
 
 from torchship.errors import ConfigError
-from torchship.serving.api import WORKER_PROCESS_PREFIX, ModelAPI
-from torchship.serving.channel import Channel
-from torchship.serving.worker_process import worker_main
+from torchship.serving.handler import WORKER_PROCESS_PREFIX, ModelAPI
+from torchship.serving.workers.channel import Channel
+from torchship.serving.workers.child import worker_main
 
 __all__ = ["WorkerProcess", "WorkerState"]
 
