@@ -18,8 +18,9 @@ from torchship.serving.errors import (
     error_response,
 )
 from torchship.serving.http.edge import Edge
-from torchship.serving.http.routing import App, Request, Response, Route, Router, torchserve_error
+from torchship.serving.http.routing import App, Request, Response, Route, Router
 from torchship.serving.http.transport import CoalescingTransport
+from torchship.serving.protocols import torchserve_error
 
 
 async def _endpoint(request: Request) -> Response:

@@ -143,3 +143,33 @@ def test_store_versions_whose_entries_are_lost_are_served_like_new_ones(
 
 
 _CLASSIFIER = "torchship.serving.text_classifier:TextClassifierAPI"
+
+
+@pytest.mark.slow
+def test_a_snapshot_written_before_serving_moved_into_folders_restores(tmp_path: Path) -> None:
+    """Snapshots name handlers ``module:qualname``; the built-in handler lived in
+    ``torchship.serving.handlers`` until serving/ was split into folders."""
+    store = tmp_path / "store"
+    publish_classifier(store, "news", seed=3)
+    path = tmp_path / "snapshot.json"
+    old = SnapshotEntry(
+        "headlines",  # a name only the snapshot knows: served only if the entry is restored
+        "1",
+        str((store / "news" / "1").resolve()),
+        "news/1",
+        "torchship.serving.handlers:TextClassifierAPI",
+        1,
+        ModelSettings().to_dict(),
+    )
+    write_snapshot(path, Snapshot([old], {}, {"news": [1]}))
+    with running(settings(store=store, use_snapshot=True, snapshot=path)) as server:
+        wait_ready(server)
+        assert [d["modelVersion"] for d in describe(server, "/models/headlines")] == ["1"]
+        with httpx.Client(base_url=server.urls["inference"], timeout=120) as client:
+            answer = client.post("/predictions/headlines", json={"text": "a goal"})
+            assert answer.status_code == 200, answer.text
+    restored = read_snapshot(path)
+    assert restored is not None
+    assert [entry.handler for entry in restored.entries] == [
+        "torchship.serving.text_classifier:TextClassifierAPI"
+    ]

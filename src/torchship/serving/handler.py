@@ -170,7 +170,9 @@ class ModelAPI:
         script without an ``if __name__ == "__main__"`` guard still works."""
         if in_worker_process():
             return
-        from torchship.serving.server import serve_api
+        # The one lazy import against the layering: the handler contract is imported by worker processes
+        # and by `import torchship`, neither of which should load uvicorn and the server stack.
+        from torchship.serving.runner import serve_api
 
         serve_api(
             self,

@@ -4,11 +4,11 @@ Binding the sockets ourselves lets port 0 work (the OS picks, we read the port b
 lets one signal handler stop all three listeners at once. Each listener binds its own address
 (``inference_address`` and friends), speaks HTTPS with ``tls_cert``/``tls_key``, and runs its requests
 through its :class:`~torchship.serving.http.edge.Edge` and its connections through
-:class:`~torchship.serving.http.transport.LimitedHttpToolsProtocol`.
-The keys are made (and their file written)
-before anything listens, and the file is removed after everything stopped. Shutdown order, on
+:class:`~torchship.serving.http.transport.LimitedHttpToolsProtocol`. The keys are made (and their file
+written) before anything listens, and the file is removed after everything stopped. Shutdown order, on
 SIGTERM/SIGINT or :meth:`ServerRunner.stop`: stop accepting connections, let in-flight requests finish
 (up to ``graceful_timeout``), then drain and stop the workers. A second signal stops without waiting.
+``serve_api`` is what ``ModelAPI.start()`` runs.
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 
 from torchship.errors import ConfigError
+from torchship.serving.handler import ModelAPI
 from torchship.serving.http.addresses import Address, listener_addresses
 from torchship.serving.http.app import inference_app, management_app, metrics_app
 from torchship.serving.http.auth import ENVIRONMENT, Keys, guards, inference_key_required
@@ -37,8 +39,10 @@ from torchship.serving.http.edge import build_edges
 from torchship.serving.http.routing import App
 from torchship.serving.http.transport import ConnectionLimits, LimitedHttpToolsProtocol
 from torchship.serving.server import Server
+from torchship.serving.settings import ServerSettings
+from torchship.serving.text_classifier import TextClassifierAPI
 
-__all__ = ["ServerRunner", "ServerThread", "run"]
+__all__ = ["ServerRunner", "ServerThread", "run", "serve_api"]
 
 logger = logging.getLogger("torchship.serving")
 
@@ -242,8 +246,6 @@ _EXAMPLE = (
 def print_urls(server: Server, runner: ServerRunner | None = None) -> None:
     """The lines a user needs: where each listener is, where the keys are, and a ``curl`` line to try for
     each model (with the key where one is needed, read when the line runs: no secret is printed)."""
-    from torchship.serving.text_classifier import TextClassifierAPI
-
     urls = server.urls
     keys = runner.keys if runner is not None else None
     inference_auth = (
@@ -330,3 +332,28 @@ class ServerThread:
         finally:
             self._started.set()
             loop.close()
+
+
+def serve_api(api: ModelAPI, **options: Any) -> None:
+    """Run the full server for one ``ModelAPI`` until SIGINT/SIGTERM (what ``ModelAPI.start`` calls).
+
+    ``options`` are ``ServerSettings`` fields, with the same defaults as ``torchship serve`` (token
+    authorization on: keys in ./key_file.json, or ``TORCHSHIP_KEY_FILE``)."""
+    for key, variable in (
+        ("host", "TORCHSHIP_HOST"),
+        ("inference_port", "TORCHSHIP_INFERENCE_PORT"),
+        ("management_port", "TORCHSHIP_MANAGEMENT_PORT"),
+        ("metrics_port", "TORCHSHIP_METRICS_PORT"),
+        ("key_file", "TORCHSHIP_KEY_FILE"),
+    ):
+        value = os.environ.get(variable)
+        if value is None:
+            continue
+        if key.endswith("_port"):
+            if not value.strip().isdigit():
+                raise ConfigError(f"{variable} must be a port number (0 for any free port), got {value!r}")
+            options[key] = int(value)
+        else:
+            options[key] = value
+    options.setdefault("use_snapshot", False)  # one model from code: nothing to restore
+    run(Server(ServerSettings(**options), apis=[api]))

@@ -1,16 +1,14 @@
 """The model server: registry, sources, metrics and snapshot together, behind three listeners.
 
 ``Server`` holds the state and the operations the APIs call (register, scale, health); the listeners and
-their lifecycle live in :mod:`torchship.serving.runner`. ``serve_api`` is what ``ModelAPI.start()``
-runs.
+their lifecycle live in :mod:`torchship.serving.runner`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,18 +16,23 @@ from typing import Any
 from torchship.devices import resolve_device
 from torchship.errors import ConfigError, NotFoundError, UserInputError
 from torchship.serving.handler import ModelAPI
-from torchship.serving.protocols.params import parse_bool, parse_float, parse_int
 from torchship.serving.runtime.metrics import Metrics
 from torchship.serving.runtime.package_files import RegistrationLimits
 from torchship.serving.runtime.registry import Registry
-from torchship.serving.runtime.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot
+from torchship.serving.runtime.snapshot import (
+    Snapshot,
+    SnapshotEntry,
+    current_handler_path,
+    read_snapshot,
+    write_snapshot,
+)
 from torchship.serving.runtime.sources import ModelSources, Source
 from torchship.serving.runtime.versions import ServedVersion, VersionSpec
 from torchship.serving.settings import ModelSettings, ServerSettings
 from torchship.serving.text_classifier import BUILTIN_HANDLERS
 from torchship.store import ModelStore
 
-__all__ = ["Health", "Server", "serve_api"]
+__all__ = ["Health", "Registration", "Server"]
 
 logger = logging.getLogger("torchship.serving")
 
@@ -160,7 +163,7 @@ class Server:
 
     def _restore(self, entry: SnapshotEntry, workers: int) -> VersionSpec | None:
         classes = {_qualname(cls): cls for cls in (*BUILTIN_HANDLERS.values(), *self.sources.custom.values())}
-        handler = classes.get(entry.handler)
+        handler = classes.get(current_handler_path(entry.handler))
         if handler is None or (entry.path and not Path(entry.path).exists()):
             logger.warning(
                 "snapshot entry %s/%s not restored: its handler or files are gone", entry.name, entry.version
@@ -189,30 +192,32 @@ class Server:
         api = handler(
             model_path=entry.path or None, name=entry.name, **ModelSettings.from_dict(settings).to_dict()
         )
-        return VersionSpec(api, entry.version, entry.url, entry.handler, True)
+        return VersionSpec(api, entry.version, entry.url, _qualname(handler), True)
 
     # -------------------------------------------------------------------------------- operations
-    async def register_url(self, url: str, params: Mapping[str, str]) -> tuple[ServedVersion, int]:
-        """``POST /models``: resolve ``url`` (file work off the event loop), then register and start."""
-        name = params.get("model_name") or None
+    async def register(self, registration: Registration) -> tuple[ServedVersion, int]:
+        """``POST /models``: resolve the URL (file work off the event loop), then register and start.
+        Returns the new version and its worker count."""
+        name = registration.name
         next_version = 1 + max(
             (int(v.version) for v in self._versions_of(name) if v.version.isdigit()), default=0
         )
-        settings = self._settings_from(params)
-        workers = parse_int(params, "initial_workers", settings.worker_count)
+        settings = self.settings.model_defaults.replace(**registration.setting_changes())
+        workers = (
+            settings.worker_count if registration.initial_workers is None else registration.initial_workers
+        )
         if workers < 0:
             raise UserInputError(
                 f"Parameter initial_workers must be 0 or more, got {workers}; register with 0 and use the "
                 "scale workers API (PUT /models/{model}?min_worker=N) to add workers later"
             )
         self._check_workers("initial_workers", workers)
-        source = await asyncio.to_thread(self.sources.resolve, url, name, next_version)
-        synchronous = parse_bool(params, "synchronous", False)
+        source = await asyncio.to_thread(self.sources.resolve, registration.url, name, next_version)
         spec = self._spec(source, settings.replace(workers=workers))
         # Again, now: other registrations may have taken workers while this one resolved off the loop.
         # From here to registry.register's count of the workers nothing awaits, so the cap holds.
         self._check_workers("initial_workers", workers)
-        served = await self.registry.register(spec, workers=workers, synchronous=synchronous)
+        served = await self.registry.register(spec, workers=workers, synchronous=registration.synchronous)
         if self.sources.store_version(source.path) == (source.name, source.version):
             # A store version registered under its own name is decided about from now on: one unregistered
             # later stays unregistered after a restart. (The registry wrote the snapshot before this.)
@@ -296,19 +301,32 @@ class Server:
         api = source.handler(model_path=source.path, name=source.name, **settings.to_dict())
         return VersionSpec(api, source.version, source.url, _qualname(source.handler), loaded_at_startup)
 
-    def _settings_from(self, params: Mapping[str, str]) -> ModelSettings:
-        changes: dict[str, Any] = {}
-        for key, field in (("batch_size", "batch_size"), ("job_queue_size", "job_queue_size")):
-            if params.get(key):
-                changes[field] = parse_int(params, key, 0)
-        for key in ("max_batch_delay", "response_timeout", "startup_timeout"):
-            value = parse_float(params, key)
-            if value is not None:
-                changes[key] = value
-        return self.settings.model_defaults.replace(**changes)
-
     def _versions_of(self, name: str | None) -> list[ServedVersion]:
         return self.registry.versions(name) if name is not None and name in self.registry.names() else []
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What ``POST /models`` asks for, typed (the protocol parses the query or body into it)."""
+
+    url: str
+    """A store model (``name`` or ``name/version``), a package or archive file, or a model file."""
+    name: str | None = None
+    """The name to serve it under; None: the name the source gives."""
+    initial_workers: int | None = None
+    """Workers to start; None: the model defaults' worker count."""
+    synchronous: bool = False
+    """Answer only once the workers serve (else 202 right away)."""
+    batch_size: int | None = None
+    max_batch_delay: float | None = None
+    job_queue_size: int | None = None
+    response_timeout: float | None = None
+    startup_timeout: float | None = None
+
+    def setting_changes(self) -> dict[str, Any]:
+        """The ``ModelSettings`` fields this registration sets (the others keep the server's defaults)."""
+        names = ("batch_size", "max_batch_delay", "job_queue_size", "response_timeout", "startup_timeout")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 @dataclass(frozen=True)
@@ -351,30 +369,3 @@ def _absolute(path: Path | None) -> str:
 
 def _qualname(cls: type[ModelAPI]) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def serve_api(api: ModelAPI, **options: Any) -> None:
-    """Run the full server for one ``ModelAPI`` until SIGINT/SIGTERM (what ``ModelAPI.start`` calls).
-
-    ``options`` are ``ServerSettings`` fields, with the same defaults as ``torchship serve`` (token
-    authorization on: keys in ./key_file.json, or ``TORCHSHIP_KEY_FILE``)."""
-    from torchship.serving.runner import run
-
-    for key, variable in (
-        ("host", "TORCHSHIP_HOST"),
-        ("inference_port", "TORCHSHIP_INFERENCE_PORT"),
-        ("management_port", "TORCHSHIP_MANAGEMENT_PORT"),
-        ("metrics_port", "TORCHSHIP_METRICS_PORT"),
-        ("key_file", "TORCHSHIP_KEY_FILE"),
-    ):
-        value = os.environ.get(variable)
-        if value is None:
-            continue
-        if key.endswith("_port"):
-            if not value.strip().isdigit():
-                raise ConfigError(f"{variable} must be a port number (0 for any free port), got {value!r}")
-            options[key] = int(value)
-        else:
-            options[key] = value
-    options.setdefault("use_snapshot", False)  # one model from code: nothing to restore
-    run(Server(ServerSettings(**options), apis=[api]))

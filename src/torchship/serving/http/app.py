@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from torchship.errors import UserInputError
 from torchship.serving.errors import ErrorResponse
 from torchship.serving.http.auth import Keys
 from torchship.serving.http.edge import Edge
@@ -24,16 +23,21 @@ from torchship.serving.http.routing import (
     Route,
     Router,
     Scope,
-    json_response,
-    torchserve_error,
 )
-from torchship.serving.protocols import inference_routes, management_routes, v2_error, v2_routes
+from torchship.serving.protocols import (
+    inference_routes,
+    management_routes,
+    token_routes,
+    torchserve_error,
+    v2_error,
+    v2_routes,
+)
 from torchship.serving.runtime.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from torchship.serving.server import Server
 
-__all__ = ["inference_app", "management_app", "metrics_app", "token_routes"]
+__all__ = ["inference_app", "management_app", "metrics_app"]
 
 
 def inference_app(server: Server, edge: Edge | None = None) -> App:
@@ -61,21 +65,6 @@ def metrics_app(server: Server, edge: Edge | None = None) -> App:
         return Response(200, await asyncio.shield(rendering), content_type)
 
     return App(Router([Route("GET", "/metrics", metrics)]), torchserve_error, edge)
-
-
-def token_routes(keys: Keys) -> list[Route]:
-    """TorchServe's token API: ``GET /token?type=management|inference`` replaces that key and answers the
-    new one (``{"management": {"key": ...}}``); the edge's guard asks for the API key."""
-
-    async def token(request: Request) -> Response:
-        kind = request.query.get("type", "")
-        if not kind:
-            raise UserInputError(
-                "Parameter type is required: /token?type=management or /token?type=inference"
-            )
-        return json_response({kind: keys.rotate(kind).entry()})
-
-    return [Route("GET", "/token", token)]
 
 
 def _inference_error(error: ErrorResponse, scope: Scope) -> Response:

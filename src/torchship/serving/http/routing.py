@@ -37,7 +37,6 @@ __all__ = [
     "Route",
     "Router",
     "json_response",
-    "torchserve_error",
 ]
 
 logger = logging.getLogger("torchship.serving")
@@ -223,9 +222,3 @@ class App:
             return await endpoint(Request(scope, receive, params))
         except Exception as exc:
             return self.format_error(error_response(exc), scope)
-
-
-def torchserve_error(error: ErrorResponse, scope: Scope | None = None) -> Response:
-    """TorchServe's error body ``{"code", "type", "message"}`` with the error's headers."""
-    headers = tuple((key.encode("latin-1"), value.encode("latin-1")) for key, value in error.headers)
-    return Response(error.status, json.dumps(error.body(), indent=2).encode("utf-8") + b"\n", JSON, headers)

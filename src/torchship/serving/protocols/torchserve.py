@@ -11,20 +11,27 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from torchship.errors import TorchshipError, UserInputError
 from torchship.serving.errors import ErrorResponse
-from torchship.serving.http.routing import Request, Response, Route, json_response, torchserve_error
+from torchship.serving.http.auth import Keys
+from torchship.serving.http.routing import JSON, Request, Response, Route, Scope, json_response
 from torchship.serving.json_body import parse_json
 from torchship.serving.protocols.describe import describe, paginate
-from torchship.serving.protocols.params import parse_bool, parse_int
+from torchship.serving.protocols.params import parse_bool, parse_float, parse_int
+from torchship.serving.server import Registration, Server
 from torchship.serving.workers.batch import Outcome
 
-if TYPE_CHECKING:
-    from torchship.serving.server import Server
-
-__all__ = ["inference_routes", "management_routes", "outcome_response"]
+__all__ = [
+    "inference_routes",
+    "management_routes",
+    "outcome_response",
+    "registration_from",
+    "token_routes",
+    "torchserve_error",
+]
 
 _CONTENT_TYPES: dict[str, bytes] = {}
 
@@ -90,13 +97,12 @@ def management_routes(server: Server) -> list[Route]:
         return json_response([describe(served, registry.is_default(served)) for served in versions])
 
     async def register(request: Request) -> Response:
-        params = await _register_params(request, server.settings.max_request_size)
-        synchronous = parse_bool(params, "synchronous", False)
-        served, workers = await server.register_url(params.get("url", ""), params)
+        registration = registration_from(await _register_params(request, server.settings.max_request_size))
+        served, workers = await server.register(registration)
         label = f'Model "{served.name}" Version: {served.version} registered with {workers} initial workers'
         if workers == 0:
             return json_response({"status": f"{label}. Use scale workers API to add workers for the model."})
-        if not synchronous:
+        if not registration.synchronous:
             return json_response({"status": "Processing worker updates..."}, 202)
         return json_response({"status": label})
 
@@ -138,6 +144,26 @@ def management_routes(server: Server) -> list[Route]:
     ]
 
 
+def registration_from(params: Mapping[str, str]) -> Registration:
+    """``POST /models``'s parameters, typed: a 400 names the first bad one."""
+
+    def optional_int(key: str) -> int | None:
+        # TorchServe treats an empty value as absent.
+        return parse_int(params, key, 0) if params.get(key) else None
+
+    return Registration(
+        url=params.get("url", ""),
+        name=params.get("model_name") or None,
+        initial_workers=optional_int("initial_workers"),
+        synchronous=parse_bool(params, "synchronous", False),
+        batch_size=optional_int("batch_size"),
+        max_batch_delay=parse_float(params, "max_batch_delay"),
+        job_queue_size=optional_int("job_queue_size"),
+        response_timeout=parse_float(params, "response_timeout"),
+        startup_timeout=parse_float(params, "startup_timeout"),
+    )
+
+
 async def _register_params(request: Request, limit: int) -> dict[str, str]:
     """Query parameters, or a JSON body (TorchServe accepts both)."""
     params = dict(request.query)
@@ -156,3 +182,24 @@ def _as_param(key: str, value: object) -> str:
     if value is None or isinstance(value, str | int | float):
         return str(value) if value is not None else ""
     raise UserInputError(f"Registration parameter {key[:40]!r} must be a string, number or boolean")
+
+
+def token_routes(keys: Keys) -> list[Route]:
+    """TorchServe's token API: ``GET /token?type=management|inference`` replaces that key and answers the
+    new one (``{"management": {"key": ...}}``); the edge's guard asks for the API key."""
+
+    async def token(request: Request) -> Response:
+        kind = request.query.get("type", "")
+        if not kind:
+            raise UserInputError(
+                "Parameter type is required: /token?type=management or /token?type=inference"
+            )
+        return json_response({kind: keys.rotate(kind).entry()})
+
+    return [Route("GET", "/token", token)]
+
+
+def torchserve_error(error: ErrorResponse, scope: Scope | None = None) -> Response:
+    """TorchServe's error body ``{"code", "type", "message"}`` with the error's headers."""
+    headers = tuple((key.encode("latin-1"), value.encode("latin-1")) for key, value in error.headers)
+    return Response(error.status, json.dumps(error.body(), indent=2).encode("utf-8") + b"\n", JSON, headers)

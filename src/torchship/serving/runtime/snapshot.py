@@ -6,26 +6,33 @@ restart the same versions come back with the same defaults and workers; store ve
 (not in the record) are added, so a model trained while the server was down is served after a restart.
 A version that was unregistered stays unregistered.
 
-The write goes to a temporary file in the same directory, is flushed to disk, then renamed over the old
-file: a crash leaves the old snapshot or the new one, never half of one.
+The write is atomic (:func:`torchship.files.atomic_write`): a crash leaves the old snapshot or the new
+one, never half of one.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from torchship.dataclass_fields import reject_unknown_fields
 from torchship.errors import ConfigError
+from torchship.files import atomic_write
 
-__all__ = ["Snapshot", "SnapshotEntry", "read_snapshot", "write_snapshot"]
+__all__ = ["Snapshot", "SnapshotEntry", "current_handler_path", "read_snapshot", "write_snapshot"]
 
 FORMAT = 1
+
+MOVED_MODULES = {
+    "torchship.serving.api": "torchship.serving.handler",
+    "torchship.serving.handlers": "torchship.serving.text_classifier",
+}
+"""Modules that held handler classes before ``serving/`` was reorganised into folders: a snapshot written
+before then names its handlers by the old module, and still restores."""
 
 
 @dataclass(frozen=True)
@@ -62,26 +69,29 @@ class Snapshot:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
-        entries = [SnapshotEntry(**dict(item)) for item in data.get("models", [])]
+        entries = [_entry(item) for item in data.get("models", [])]
         defaults = {str(k): str(v) for k, v in dict(data.get("defaults", {})).items()}
         known = {str(k): [int(v) for v in vs] for k, vs in dict(data.get("store_versions", {})).items()}
         return cls(entries, defaults, known)
 
 
+def _entry(item: Any) -> SnapshotEntry:
+    values = dict(item)  # TypeError or ValueError when it is not an object: a damaged file
+    reject_unknown_fields(SnapshotEntry, values, where="snapshot entry")
+    return SnapshotEntry(**values)
+
+
+def current_handler_path(handler: str) -> str:
+    """A snapshot's ``module:qualname`` with a module that has moved replaced by where it lives now."""
+    module, sep, qualname = handler.partition(":")
+    return f"{MOVED_MODULES.get(module, module)}{sep}{qualname}"
+
+
 def write_snapshot(path: Path, snapshot: Snapshot) -> None:
     """Replace ``path`` with ``snapshot`` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(snapshot.to_dict(), file, indent=2)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Owner-only, as it always was: only the server that wrote it reads it back.
+    atomic_write(path, json.dumps(snapshot.to_dict(), indent=2) + "\n", mode=0o600)
 
 
 def read_snapshot(path: Path) -> Snapshot | None:
@@ -97,7 +107,7 @@ def read_snapshot(path: Path) -> Snapshot | None:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"unknown format {data.get('format') if isinstance(data, dict) else data!r}")
         return Snapshot.from_dict(data)
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ConfigError, ValueError, TypeError, KeyError) as exc:
         raise ConfigError(
             f"the registry snapshot {path} is damaged ({exc}); delete it to start from the store, or "
             "start with --no_snapshot"
