@@ -109,6 +109,21 @@ def test_the_cycle_finder_finds_cycles() -> None:
             ],
         ),
         ("torchship.serving.server", ["torchship.serving.http", "torchship.serving.protocols"]),
+        # HTTP knows nothing of models: no handlers, no server, no protocols.
+        (
+            "torchship.serving.http",
+            [
+                "torchship.serving.runtime",
+                "torchship.serving.workers",
+                "torchship.serving.protocols",
+                "torchship.serving.server",
+                "torchship.serving.runner",
+                "torchship.serving.apps",
+                "torchship.serving.handler",
+                "torchship.serving.text_classifier",
+                "torch",
+            ],
+        ),
         # Training, data, models and the store never load the server.
         ("torchship.training", ["torchship.serving"]),
         ("torchship.data", ["torchship.serving"]),

@@ -200,7 +200,8 @@ def test_metrics_are_exact_with_several_worker_processes(server: Server, client:
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="scheduling policies are Linux's")
 def test_cpu_workers_run_every_thread_as_sched_batch(server: Server) -> None:
-    # The HTTP process keeps the default policy and wins the core on a wake-up (worker_process.py says why).
+    # The HTTP process keeps the default policy and wins the core on a wake-up (serving/workers/child.py
+    # says why).
     workers = describe(server, "/models/echo2")[0]["workers"]
     assert len(workers) == 2
     for worker in workers:

@@ -31,9 +31,9 @@ from typing import Any
 import uvicorn
 
 from torchship.errors import ConfigError
+from torchship.serving.apps import inference_app, management_app, metrics_app
 from torchship.serving.handler import ModelAPI
 from torchship.serving.http.addresses import Address, listener_addresses
-from torchship.serving.http.app import inference_app, management_app, metrics_app
 from torchship.serving.http.auth import ENVIRONMENT, Keys, guards, inference_key_required
 from torchship.serving.http.edge import build_edges
 from torchship.serving.http.routing import App

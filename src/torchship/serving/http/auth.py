@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from torchship.errors import ConfigError, TorchshipError, UserInputError
+from torchship.files import atomic_write
 from torchship.serving.http.addresses import Address
 from torchship.serving.settings import ServerSettings
 
@@ -283,21 +284,9 @@ def _checked(value: str, where: str) -> str:
 
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically; the file is owner-only (0600) from the moment it exists."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        descriptor = os.open(temporary, flags, 0o600)
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-                file.write(text)
-                file.flush()
-                os.fsync(file.fileno())
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        os.replace(temporary, path)  # replaces a link at ``path`` itself, never what it points to
+        atomic_write(path, text, mode=0o600)  # replaces a link at ``path`` itself, never what it points to
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise ConfigError(
             f"cannot write the key file {path} ({exc.strerror or exc}); choose a writable place with "
             "--key_file"

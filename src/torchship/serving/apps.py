@@ -1,11 +1,12 @@
 """The three ASGI apps, one per listener: inference (8080), management (8081) and metrics (8082).
 
 Separate listeners let an operator expose inference while keeping management and metrics private, as
-TorchServe does. Each app is a
-:class:`~torchship.serving.http.routing.App`: its :class:`~torchship.serving.http.edge.Edge`
-(Host, Origin, key), routes, and the one error mapping; the inference app answers errors on ``/v2/...`` in
-the Open Inference Protocol's body. With token authorization on, the management app also serves
-TorchServe's token API, ``GET /token?type=management|inference``.
+TorchServe does. Each app is a :class:`~torchship.serving.http.routing.App`: its
+:class:`~torchship.serving.http.edge.Edge` (Host, Origin, key), the protocols' routes, and the one error
+mapping; the inference app answers errors on ``/v2/...`` in the Open Inference Protocol's body. This is
+where HTTP (``http/``, which knows nothing of models) meets the protocols that drive the ``Server``.
+With token authorization on, the management app also serves TorchServe's token API,
+``GET /token?type=management|inference``.
 """
 
 from __future__ import annotations
