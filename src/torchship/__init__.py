@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from torchship._version import __version__
 from torchship.errors import (
     ConfigError,
     ConflictError,
@@ -41,8 +42,6 @@ from torchship.store import (
 if TYPE_CHECKING:
     from torchship.data.datamodule import DataConfig
     from torchship.training import ModelOptions, OptimOptions, train
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",

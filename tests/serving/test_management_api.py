@@ -1,5 +1,10 @@
 """The management listener end to end: list, describe, register (store, paths, archives), scale,
-set-default and unregister, at runtime, with the safety checks on what may be registered."""
+set-default and unregister, at runtime, with the safety checks on what may be registered.
+
+The tests pass in any order (``pytest -p random_order --random-order``): a test that changes what is
+served, or depends on the store's two versions of ``news`` being all there is, gets a server of its own
+(``own``); the others share one (``server``) and only add models under names no other test uses.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import shutil
 import threading
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -51,9 +57,32 @@ def infer(server: Server) -> Iterator[httpx.Client]:
         yield client
 
 
-def test_list_models_pages_like_torchserve(manage: httpx.Client, shared_server: Server) -> None:
-    assert manage.get("/models").json() == {"models": [{"modelName": "news", "modelUrl": "news/2"}]}
-    assert manage.get("/models?limit=abc").status_code == 400
+@dataclass(frozen=True)
+class Own:
+    """A server of one test's own, on its own copy of the store: news v1 and v2, v2 the default."""
+
+    server: Server
+    store: Path
+    manage: httpx.Client
+    infer: httpx.Client
+
+
+@pytest.fixture
+def own(tmp_path: Path, store_root: Path) -> Iterator[Own]:
+    store = tmp_path / "store"
+    shutil.copytree(store_root, store)
+    with running(settings(store=store)) as server:
+        wait_ready(server)
+        with (
+            httpx.Client(base_url=server.urls["management"], timeout=120) as manage,
+            httpx.Client(base_url=server.urls["inference"], timeout=120) as infer,
+        ):
+            yield Own(server, store, manage, infer)
+
+
+def test_list_models_pages_like_torchserve(own: Own, shared_server: Server) -> None:
+    assert own.manage.get("/models").json() == {"models": [{"modelName": "news", "modelUrl": "news/2"}]}
+    assert own.manage.get("/models?limit=abc").status_code == 400
     # Paging over the shared server's models, two at a time: tokens as strings, first in the body.
     with httpx.Client(base_url=shared_server.urls["management"], timeout=60) as client:
         pages, token = [], "0"
@@ -68,7 +97,8 @@ def test_list_models_pages_like_torchserve(manage: httpx.Client, shared_server: 
     assert len(pages) == (len(everything) + 1) // 2 and len(everything) > 2
 
 
-def test_describe_model_version_and_all(manage: httpx.Client) -> None:
+def test_describe_model_version_and_all(own: Own) -> None:
+    manage = own.manage
     [default] = manage.get("/models/news").json()
     assert (default["modelName"], default["modelVersion"], default["isDefault"]) == ("news", "2", True)
     [worker] = default["workers"]
@@ -85,10 +115,8 @@ def test_describe_model_version_and_all(manage: httpx.Client) -> None:
     assert missing.json()["message"] == "Model version: 9 does not exist for model: news"
 
 
-def test_register_a_new_store_version_makes_it_the_default(
-    manage: httpx.Client, infer: httpx.Client, roots: tuple[Path, Path]
-) -> None:
-    store, _ = roots
+def test_register_a_new_store_version_makes_it_the_default(own: Own) -> None:
+    manage, infer, store = own.manage, own.infer, own.store
     version = publish_classifier(store, "news", seed=3)
     response = manage.post(
         f"/models?url=news/{version}&initial_workers=1&synchronous=true&batch_size=4"
@@ -108,10 +136,8 @@ def test_register_a_new_store_version_makes_it_the_default(
     assert duplicate.json()["type"] == "ConflictStatusException"
 
 
-def test_set_default_takes_the_next_request(
-    manage: httpx.Client, infer: httpx.Client, roots: tuple[Path, Path]
-) -> None:
-    store, _ = roots
+def test_set_default_takes_the_next_request(own: Own) -> None:
+    manage, infer, store = own.manage, own.infer, own.store
     response = manage.put("/models/news/1/set-default")
     assert response.json() == {"status": 'Default version successfully updated for model "news" to "1"'}
     text = "shares in the bank rose"
@@ -122,7 +148,8 @@ def test_set_default_takes_the_next_request(
     assert manage.put("/models/news/9/set-default").status_code == 404
 
 
-def test_scale_workers_sync_and_async(manage: httpx.Client, server: Server) -> None:
+def test_scale_workers_sync_and_async(own: Own) -> None:
+    manage = own.manage
     response = manage.put("/models/news/1?min_worker=2&synchronous=true")
     assert response.json() == {"status": "Workers scaled to 2 for model: news, version: 1"}
     assert len(manage.get("/models/news/1").json()[0]["workers"]) == 2
@@ -201,8 +228,8 @@ def test_register_refuses_negative_initial_workers(manage: httpx.Client) -> None
     assert len(manage.get("/models/news/all").json()) == len(before)
 
 
-def test_unregister_a_version_under_load_fails_no_request(manage: httpx.Client, infer: httpx.Client) -> None:
-    manage.put("/models/news/2/set-default")
+def test_unregister_a_version_under_load_fails_no_request(own: Own) -> None:
+    manage, infer = own.manage, own.infer
     # Two clients on the default version, two on the version being unregistered, all busy before it goes.
     paths = ["/predictions/news", "/predictions/news", "/predictions/news/1", "/predictions/news/1"]
     statuses: list[list[int]] = [[] for _ in paths]
@@ -234,9 +261,12 @@ def test_unregister_a_version_under_load_fails_no_request(manage: httpx.Client, 
 
 
 def test_unregister_a_whole_model_and_wrong_methods(manage: httpx.Client, infer: httpx.Client) -> None:
-    assert manage.delete("/models/other").status_code == 200
-    assert infer.post("/predictions/other", json={"text": "a"}).status_code == 404
-    assert manage.delete("/models/other").status_code == 404
+    registered = manage.post("/models?url=news/2&model_name=doomed&initial_workers=1&synchronous=true")
+    assert registered.status_code == 200, registered.text
+    assert infer.post("/predictions/doomed", json={"text": "a"}).status_code == 200
+    assert manage.delete("/models/doomed").status_code == 200
+    assert infer.post("/predictions/doomed", json={"text": "a"}).status_code == 404
+    assert manage.delete("/models/doomed").status_code == 404
     assert manage.patch("/models").status_code == 405
     assert manage.post("/models/news").status_code == 405
 

@@ -21,11 +21,11 @@ the padding with nested tensors. Why not the fused kernel:
 
 * **CPU.** Its attention materialises a masked softmax where SDPA has a flash-attention kernel, and the
   module re-checks some twenty fast-path conditions per layer in Python on every call: SDPA measured
-  1.2-3x faster, most on long texts.
+  faster, most on long texts.
 * **CUDA.** SDPA measured faster on short texts and as exact as a float64 run where the fused kernel was
   not; nested tensors win back some ground on large batches of long, padded texts.
 
-The measurements are in the docs' performance page (``docs/performance.md``, "Model inference").
+The measurements are on the performance page of the docs ("Model inference").
 
 Training (or any call with gradients on) always runs the module itself, and so does a model whose encoder
 has forward hooks or was wrapped (FSDP, say), so that hooks and wrappers see the calls they expect; other
@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchship.dataclass_fields import reject_unknown_fields
 from torchship.errors import ConfigError, UserInputError
 
 __all__ = ["Activation", "Pooling", "Positional", "TransformerClassifier", "TransformerConfig"]
@@ -117,10 +118,7 @@ class TransformerConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TransformerConfig:
         """Build a config from :meth:`to_dict` output; ConfigError names unknown or missing fields."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"model config: unknown field(s) {', '.join(unknown)}")
+        reject_unknown_fields(cls, data, where="model config")
         missing = [name for name in ("vocab_size", "num_classes") if name not in data]
         if missing:
             raise ConfigError(f"model config: missing field(s) {', '.join(missing)}")

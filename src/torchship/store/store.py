@@ -26,6 +26,7 @@ from torchship.errors import (
     VersionExistsError,
     VersionNotFoundError,
 )
+from torchship.files import fsync_directory
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TMP_PREFIX = ".tmp-"
@@ -155,7 +156,7 @@ class ModelStore:
                 if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                     continue
                 raise
-            _fsync_dir(model_dir)
+            fsync_directory(model_dir)
             return number
 
     @staticmethod
@@ -194,12 +195,4 @@ def _fsync_tree(root: Path) -> None:
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(root)

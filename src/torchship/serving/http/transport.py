@@ -5,7 +5,7 @@ uvicorn writes the status line and headers, then the body, with two ``transport.
 sends each at once: two system calls and two TCP segments per response (``TCP_NODELAY`` is on), so the
 client also wakes up twice. :class:`CoalescingTransport` keeps the writes of the current turn and sends
 them together at the end of it, after the body has been written in the same turn: less CPU per request
-on both sides and more requests/s (docs/performance.md, "One send per response").
+on both sides and more requests/s (see the performance page of the docs, "One send per response").
 
 Everything else is uvicorn's: parsing, keep-alive, pipelining, ``Expect: 100-continue``, flow control
 (the real transport still calls ``pause_writing``, one turn later at most) and shutdown.

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from torchship import __version__
+from torchship._version import __version__
 from torchship.errors import TorchshipError, UserInputError
 from torchship.serving.errors import ErrorResponse, QueueFullError
 from torchship.serving.http.routing import Request, Response, Route, Scope, json_response

@@ -114,7 +114,7 @@ def _allocator_trim() -> Callable[[], None] | None:
 
     Why: glibc keeps the memory of freed tensors of varied sizes (texts of mixed lengths) instead of
     returning it, so a worker's RSS creeps up with its age; a trim every few seconds keeps it flat for a
-    cost of milliseconds per trim (docs/performance.md, "Soak")."""
+    cost of milliseconds per trim (see the performance page of the docs, "Soak")."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         malloc_trim = libc.malloc_trim
@@ -159,10 +159,9 @@ def _yield_to_the_http_loop() -> None:
     wake-up: the server's HTTP process, woken by a request or by a worker's answer, gets the core sooner
     than a worker in the middle of a batch. On a machine where the workers, the HTTP process and the load
     generator share few cores, that turns the requests around faster and leaves the workers less time
-    idle waiting for their next batch. Measured on the 2-core machine (two servers side by side,
-    alternating 8 s `wrk` runs at concurrency 64, 12-word texts, 2 workers): +4.4%, +6.6% and +7.5%
-    requests/s in three runs of 8-10 rounds, won 20 of 26 rounds; no change at concurrency 1, 8 or 32.
-    ``nice 5`` for the workers instead changed nothing (+0.5%). GPU workers keep the default policy: their
+    idle waiting for their next batch: on a 2-core machine at 64 concurrent clients it served a few
+    percent more requests per second, with no change at lower concurrency, where ``nice 5`` for the
+    workers changed nothing (see the performance page of the docs). GPU workers keep the default policy: their
     thread feeds the GPU, and a wake-up delay there would idle the device.
     """
     if not hasattr(os, "SCHED_BATCH"):  # pragma: no cover - not Linux

@@ -1,13 +1,13 @@
 """Worker processes as the server's event loop sees them: start, send a batch, hear back, stop or kill.
 
-Why processes and not threads, measured with ``benchmarks/serve_workers.py`` on the 2-core machine (shared
-with other jobs, so rounded), demo-sized model (d_model 128, 2 layers, 16k vocab), 16-token texts:
+Why processes and not threads (measured with ``benchmarks/serve_workers.py``; the numbers are on the
+performance page of the docs):
 
-* a pipe round trip for a batch of 32 requests (pickle the bodies, send, receive, unpickle the results)
-  costs about 75 us, ~2 us per request;
-* in one process, the model's Python glue and the HTTP loop fight over the GIL: the HTTP stand-in (JSON
-  parse and encode per request) fell from ~137k to ~39k req/s next to a model thread, and the model from
-  ~830 to ~250 samples/s. The 2 us per request is far cheaper than a 3x slowdown of both sides;
+* a pipe round trip for a batch (pickle the bodies, send, receive, unpickle the results) costs a few
+  microseconds per request;
+* in one process, the model's Python glue and the HTTP loop fight over the GIL: next to a model thread,
+  both the HTTP side and the model ran about three times slower. A few microseconds per request are far
+  cheaper;
 * and only a process can be killed: a hung or crashed handler is replaced with SIGKILL and a respawn, while
   a stuck thread could never be reclaimed and a crash in native code would take the server down.
 
@@ -17,16 +17,15 @@ process from its messages, which is why Prometheus needs no multiprocess mode.
 
 The pipe carries a batch of any size whole, both ways (:mod:`~torchship.serving.workers.channel`): the worker
 blocks on its end (``Connection.send``, and :func:`~torchship.serving.workers.channel.receive`, which reads a
-frame straight into a buffer of its size and so spends ~40% less CPU than ``Connection.recv`` on a big
+frame straight into a buffer of its size and so spends less CPU than ``Connection.recv`` on a big
 batch), and the server writes and parses the same framing on its non-blocking end, with an output buffer
 written as the worker reads. Chosen over the alternatives, measured with
 ``benchmarks/worker_round_trip.py`` (a real worker on uvloop):
 
 * it costs the hot path nothing: the server's CPU per round trip of a batch of 32 small requests did
-  not grow (~120-170 us before and after on the busy 2-core machine; one ``writev`` and one ``read``
-  where ``Connection`` made a write and two reads), and a batch of 32 bodies of 6 MB, which the
-  non-blocking ``Connection`` could not send at all, crosses in ~0.5 s, ~0.2 s of it the server's CPU
-  (one pickle copy and the writes);
+  not grow (one ``writev`` and one ``read`` where ``Connection`` made a write and two reads), and a batch
+  of 32 bodies of 6 MB, which the non-blocking ``Connection`` could not send at all, crosses whole (one
+  pickle copy and the writes);
 * blocking writes in a thread would put a thread hop on every batch to help only the big ones;
 * shared memory would save the pickle copy of a big batch, at the price of segments to size, reuse, and
   free after a worker is SIGKILLed;
