@@ -1,9 +1,8 @@
 """The listeners: HTTPS with a certificate, each listener on its own address, the lines printed at start
-(curl lines carry the key without printing it), and a ``torchship serve`` option for every setting."""
+(curl lines carry the key without printing it). The options of ``torchship serve``: test_command.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import shutil
 import ssl
@@ -12,12 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from jsonargparse import ArgumentParser
 from serving_support import auth_settings, bearer, read_key, running, settings
 
 from torchship.errors import ConfigError
-from torchship.serving import Server, ServerSettings, ServerThread
-from torchship.serving.command import add_serve_arguments, serve_settings
+from torchship.serving import Server, ServerThread
 from torchship.serving.runner import print_urls
 
 
@@ -143,27 +140,3 @@ def test_the_printed_curl_line_names_the_environment_variable_a_key_came_from(
         assert httpx.get(server.urls["management"] + "/models", headers=manage).status_code == 200
     assert '/models -H "Authorization: Bearer $TORCHSHIP_MANAGEMENT_KEY"' in printed
     assert "operator-given-management-key" not in printed
-
-
-def test_torchship_serve_has_an_option_for_every_server_setting(tmp_path: Path) -> None:
-    parser = ArgumentParser(exit_on_error=False)
-    add_serve_arguments(parser)
-    options = {action.dest for action in parser._actions}
-    fields = {field.name for field in dataclasses.fields(ServerSettings)}
-    assert fields - options == {"use_snapshot", "model_defaults"}  # --no_snapshot, and the model options
-    arguments = (
-        "--token_auth false --inference_address http://0.0.0.0:1 --max_connections 7 "
-        "--inference_auth true --key_expiration 30 --tls_cert c.pem --tls_key k.pem "
-        "--cors_allowed_origins https://a.example https://b.example"
-    )
-    cfg = parser.parse_args([*arguments.split(), "--store", str(tmp_path)])
-    server_settings = serve_settings(cfg)
-    assert server_settings.token_auth is False and server_settings.inference_auth is True
-    assert server_settings.inference_address == "http://0.0.0.0:1"
-    assert server_settings.cors_allowed_origins == ("https://a.example", "https://b.example")
-    assert (server_settings.max_connections, server_settings.key_expiration) == (7, 30.0)
-    assert server_settings.tls_cert == Path("c.pem")
-    defaults = serve_settings(parser.parse_args(["--store", str(tmp_path)]))
-    assert (
-        dataclasses.replace(defaults, store=None) == ServerSettings()
-    )  # the CLI's defaults are the settings'

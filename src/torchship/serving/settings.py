@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchship.dataclass_fields import reject_unknown_fields
 from torchship.devices import check_device
 from torchship.errors import ConfigError
 
@@ -51,26 +52,18 @@ class ModelSettings:
     """How one model version is batched and run. The defaults work untuned on a small CPU machine."""
 
     batch_size: int = 32
-    """Largest number of requests run together in one call of the handler. 32 is the measured best at
-    64 concurrent clients on a 2-core CPU (16 was slower) and on an H200 (128 was slower there at 64
-    clients, faster only with ~256 in flight, at twice the p99; docs/performance.md, GPU serving)."""
+    """Largest number of requests run together in one call of the handler. 32 served best at 64
+    concurrent clients, on a CPU and on a GPU (see the performance page of the docs)."""
     max_batch_delay: float = 0.0
     """Milliseconds a request may wait for others to join its batch while other batches of the same version
     run (a request that finds nothing else in flight goes at once). At 0, the default, a free worker takes
     whatever is waiting, up to ``batch_size``: batches still form under load, from the requests that
-    arrive while every worker is busy. Measured with 2 workers and 12-word texts, two servers side by side
-    and alternating `wrk` runs, 0 against the old default of 5 ms:
-
-    * 2-core CPU: +13% requests/s at concurrency 8 and +19% at 32 (the CPUs sat ~40% idle while a
-      half-full batch waited out the delay, ~20% at 0), the same at 64 (-1% over 18 rounds; whole
-      articles -1%); 1 ms idled like 5 ms at 32 and served 11% less than 0;
-    * one H200: +17%, +22% and +12% at 8, 32 and 64; -4% at 256.
-
-    A wait pays only where a fuller batch costs hardly more and the load is heavy. With one worker (the
-    default on a machine with one GPU) the delay never applies."""
+    arrive while every worker is busy, and no core idles while a half-full batch waits (0 served more
+    than 1 or 5 ms up to 64 concurrent clients, on a CPU and on a GPU: see the performance page of the
+    docs). With one worker (the default on a machine with one GPU) the delay never applies."""
     workers: int | None = None
-    """Worker processes for this version (TorchServe's ``min_worker``/``initial_workers``); None picks
-    :func:`default_workers` for ``device``. :attr:`worker_count` is the number in effect."""
+    """Worker processes for this version (TorchServe's ``min_worker``/``initial_workers``); None: one per
+    GPU (one on ``cuda:N`` or ``mps``), on the CPU one per core, at most 4."""
     max_workers: int | None = None
     """Reported as TorchServe's ``maxWorkers``; defaults to ``workers`` (there is no autoscaling)."""
     job_queue_size: int = 512
@@ -82,7 +75,7 @@ class ModelSettings:
     """Seconds a worker may take to load the model (TorchServe's ``startupTimeout``, same default). One still
     loading then is killed, the version's ``loadError`` says so, and it is retried with back-off."""
     torch_threads: int | None = None
-    """``torch.set_num_threads`` in each worker; None picks :func:`default_torch_threads`."""
+    """``torch.set_num_threads`` in each worker; None: the CPU cores but one, split between the workers."""
     device: str = "auto"
     """Where each worker runs the model: ``auto`` (a GPU when torch sees one, else the CPU), ``cpu``,
     ``cuda`` (workers spread round-robin over the visible GPUs, as TorchServe does), ``cuda:N`` (that GPU),
@@ -108,12 +101,7 @@ class ModelSettings:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSettings:
         """Build settings from a mapping; unknown keys are a :class:`ConfigError` naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown model setting(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
-            )
+        reject_unknown_fields(cls, data, noun="model setting")
         return cls(**dict(data))
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,8 +142,11 @@ class ServerSettings:
     metrics_address: str | None = None
     """Where the metrics listener binds (see ``inference_address``); None: ``host`` and ``metrics_port``."""
     inference_port: int = 8080
+    """Port of the inference listener unless ``inference_address`` names one; 0: any free port (printed)."""
     management_port: int = 8081
+    """Port of the management listener unless ``management_address`` names one; 0: any free port."""
     metrics_port: int = 8082
+    """Port of the metrics listener unless ``metrics_address`` names one; 0: any free port."""
     tls_cert: Path | None = None
     """PEM certificate chain: with ``tls_key``, every listener speaks HTTPS (one whose ``*_address`` says
     ``http://`` excepted)."""
@@ -301,11 +292,10 @@ def default_workers(device: str = "auto") -> int:
     ``mps``), and on the CPU one per core, at most :data:`MAX_DEFAULT_CPU_WORKERS`.
 
     Why more than one on a CPU: a worker runs one batch at a time, and between two batches it waits while
-    the server answers the last one and sends it the next; a second worker computes meanwhile. Measured
-    with ``benchmarks/serve.py`` on the 2-core machine (16-token texts, wrk at 64 connections on the same
-    cores): 2 workers x 1 thread served 5-38% more than 1 x 1 in 7 of 8 runs (17% in the run that
-    alternated the two), and more at concurrency 8 too. The cap keeps a big machine from starting a
-    process per core for each model (each worker of the demo model holds ~280 MB); past it,
+    the server answers the last one and sends it the next; a second worker computes meanwhile: on a
+    2-core machine two workers of one thread served more than one in nearly every run (see the performance
+    page of the docs). The cap keeps a big machine from starting a process per core for each model (each
+    worker holds its own copy of the model); past it,
     :func:`default_torch_threads` gives each worker more threads instead. Served from a store, a model's older
     versions get one worker each instead. Pass ``--workers`` to choose for every version.
     """
@@ -325,10 +315,10 @@ def default_torch_threads(workers: int) -> int:
     """Intra-op threads per worker: the cores left after one for the HTTP process, split between workers,
     at least one.
 
-    Measured with ``benchmarks/serve.py`` on the 2-core machine (16-token texts, concurrency 64, wrk on the
-    same cores): 1 worker x 2 threads collapsed to ~130 req/s (OpenMP threads spin against the HTTP
-    process and the load generator), 1 x 1 served 1,600-2,100 req/s, and 2 x 1 more again (see
-    :func:`default_workers`).
+    Why not every core: a worker's OpenMP threads spin against the HTTP process (and a load generator on
+    the same cores). On a 2-core machine under load, one worker of 2 threads served a small fraction of
+    what one worker of 1 thread did, and two workers of 1 thread more again (see :func:`default_workers`
+    and the performance page of the docs).
     """
     return max(1, (usable_cores() - 1) // max(1, workers))
 
