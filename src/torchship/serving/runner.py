@@ -298,7 +298,7 @@ class ServerThread:
     """Run a server in a background thread (tests, benchmarks, notebooks)::
 
     with ServerThread(Server(ServerSettings(inference_port=0, ...))) as server:
-        httpx.get(server.urls["inference"] + "/ping")
+        urllib.request.urlopen(server.urls["inference"] + "/ping")
     """
 
     def __init__(self, server: Server, timeout: float = 60.0) -> None:
