@@ -114,7 +114,7 @@ def _train_parser() -> ArgumentParser:
 
 
 def _predict_parser() -> ArgumentParser:
-    parser = _subparser("Classify texts with a model package, loaded exactly as the server loads it.")
+    parser = _subparser("Classify texts with a model package, run exactly as the server runs it.")
     parser.add_argument("--model", type=str, required=True, help="<store>/<name>[:VERSION] or a package dir")
     parser.add_argument("texts", type=str, nargs="*", help="Texts; none reads one per line from stdin")
     parser.add_argument("--json", action="store_true", help="Print JSON")
@@ -128,7 +128,12 @@ def _evaluate_parser() -> ArgumentParser:
     parser.add_argument("--data", type=str, required=True, help="CSV/JSONL/Parquet file or class folders")
     parser.add_argument("--text_column", type=str, default="text")
     parser.add_argument("--label_column", type=str, default="label")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument(
+        "--batch_size",
+        type=int | None,
+        default=None,
+        help="At most this many texts (or windows) per forward call; by default grouped as the server does",
+    )
     parser.add_argument("--json", action="store_true", help="Print JSON")
     _add_device_argument(parser)
     return parser

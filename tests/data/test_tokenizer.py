@@ -17,6 +17,7 @@ from torchship.data.tokenizer import (
     configure_tokenizer,
     encode_texts,
     pad_token_id,
+    pad_token_ids,
     token_ids,
     train_tokenizer,
 )
@@ -197,3 +198,12 @@ def test_encode_texts_uses_the_given_pad_id(tokenizer: Tokenizer) -> None:
 def test_encode_texts_of_nothing(tokenizer: Tokenizer) -> None:
     input_ids, attention_mask = encode_texts(tokenizer, [], pad_id=0)
     assert input_ids.shape == attention_mask.shape == (0, 0)
+
+
+def test_pad_token_ids_of_empty_sequences() -> None:
+    input_ids, attention_mask = pad_token_ids([[], [7, 8]], pad_id=5)
+    assert input_ids.tolist() == [[5, 5], [7, 8]]
+    assert attention_mask.tolist() == [[False, False], [True, True]]
+    input_ids, attention_mask = pad_token_ids([[], []], pad_id=0)
+    assert input_ids.dtype == torch.int64 and attention_mask.dtype == torch.bool
+    assert input_ids.shape == attention_mask.shape == (2, 0)

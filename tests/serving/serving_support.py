@@ -31,9 +31,10 @@ TEXTS = [
 ]
 
 
-def publish_classifier(root: Path, name: str, seed: int, **windows: Any) -> int:
+def publish_classifier(root: Path, name: str, seed: int, head_scale: float = 1.0, **windows: Any) -> int:
     """Publish a small untrained classifier (weights from ``seed``) as the next version of ``name``;
-    ``windows`` sets PackageConfig's ``long_texts`` and ``window_overlap``."""
+    ``windows`` sets PackageConfig's ``long_texts`` and ``window_overlap``. ``head_scale`` multiplies the
+    classification head's weights: an untrained model's answers are near uniform otherwise."""
     tokenizer = train_tokenizer(TEXTS * 3, vocab_size=120, max_length=48)
     torch.manual_seed(seed)
     config = TransformerConfig(
@@ -46,6 +47,8 @@ def publish_classifier(root: Path, name: str, seed: int, **windows: Any) -> int:
         max_length=48,
     )
     model = TransformerClassifier(config).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(head_scale)
     store = ModelStore(root)
     version = (store.latest(name) or 0) + 1
     package = PackageConfig(

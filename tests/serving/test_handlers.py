@@ -12,8 +12,8 @@ from torchship.data.tokenizer import pad_token_ids
 from torchship.data.windows import split_windows
 from torchship.errors import UserInputError
 from torchship.serving import TextClassifierAPI
-from torchship.serving.text_classifier import plan_groups
 from torchship.store import load_package
+from torchship.store.inference import GroupLimits
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +44,10 @@ def test_bad_payloads_fail_alone(api: TextClassifierAPI) -> None:
     assert "one text per request" in str(answers[0])
 
 
-def test_groups_limit_padding_and_tokens_per_call() -> None:
-    assert plan_groups([5, 5, 6, 100, 110], max_padding=0.25, slack=16, max_tokens=1024) == [3, 2]
-    assert plan_groups([10] * 4, max_padding=0.0, slack=0, max_tokens=1024) == [4]
-    assert plan_groups([400, 410, 500, 512], max_padding=1.0, slack=512, max_tokens=1024) == [2, 2]
-    assert plan_groups([2000], max_padding=0.25, slack=16, max_tokens=1024) == [1]
-    assert plan_groups([], max_padding=0.25, slack=16, max_tokens=1024) == []
+def test_handler_groups_as_predict_does_by_default(api: TextClassifierAPI) -> None:
+    for device in (torch.device("cpu"), torch.device("meta")):  # meta: any accelerator
+        assert api.group_limits(device) == GroupLimits.for_device(device)
+    assert api.runner.limits == GroupLimits.for_device(torch.device("cpu"))
 
 
 def test_signature_names_the_labels_without_loading(store_root: Path) -> None:

@@ -16,8 +16,6 @@ read them with ``load_package``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -29,9 +27,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
+from torchship._version import __version__
 from torchship.data.windows import check_windowing
+from torchship.dataclass_fields import reject_unknown_fields
 from torchship.errors import ConfigError, PackageError
+from torchship.files import atomic_path, atomic_write
 from torchship.models.transformer import TransformerClassifier, TransformerConfig
+from torchship.store.inference import GroupLimits, TextClassifierRunner
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -42,12 +44,6 @@ PACKAGE_FORMAT = 1
 TEXT_CLASSIFIER = "text-classifier"
 MAX_CONFIG_BYTES = 1 << 20
 """Largest ``config.json`` read (a real one is a few KB); a larger one is a :class:`PackageError`."""
-
-
-def _torchship_version() -> str:
-    from torchship import __version__
-
-    return __version__
 
 
 @dataclass(frozen=True)
@@ -71,7 +67,7 @@ class PackageConfig:
     """With ``windows``: tokens shared by consecutive windows."""
     handler: str = TEXT_CLASSIFIER
     """Which serving handler serves the package."""
-    torchship_version: str = field(default_factory=_torchship_version)
+    torchship_version: str = __version__
     """The torchship version that wrote the package."""
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     """When the package was written, ISO-8601 UTC."""
@@ -104,10 +100,7 @@ class PackageConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PackageConfig:
         """Rebuild from ``to_dict()`` output; errors name the missing or unknown field."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"Unknown field(s) in package config: {', '.join(unknown)}.")
+        reject_unknown_fields(cls, data, where="package config")
         missing = sorted(
             name for name in ("name", "version", "labels", "model", "max_length") if name not in data
         )
@@ -139,33 +132,20 @@ class ModelPackage:
     def labels(self) -> tuple[str, ...]:
         return self.config.labels
 
-    @torch.inference_mode()
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    def predict_proba(self, texts: Sequence[str], batch_size: int | None = None) -> torch.Tensor:
         """Class probabilities for ``texts``, shape ``(len(texts), num_classes)``, float32 on the CPU; the
-        model runs on whatever device it is on. A package that reads long texts as windows runs every
-        window (``batch_size`` windows per call) and averages each text's logits."""
-        from torchship.data.tokenizer import pad_token_ids, token_ids
-        from torchship.data.windows import flat_windows, mean_by_text
+        model runs on whatever device it is on.
 
-        num_classes = self.config.model.num_classes
-        if not texts:
-            return torch.empty(0, num_classes)
-        ids = token_ids(self.tokenizer, texts)
-        if self.config.long_texts == "windows":
-            sequences, owner = flat_windows(ids, self.config.max_length, self.config.window_overlap)
-        else:
-            sequences, owner = ids, list(range(len(ids)))
-        # Sort by length so each batch pads little, then put the rows back in input order.
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        logits = torch.empty(len(sequences), num_classes)
+        The texts run exactly as the server's built-in handler runs them (:mod:`torchship.store.inference`):
+        grouped by length within the same token caps, and a package that reads long texts as windows runs
+        every window and averages each text's logits. ``batch_size`` also caps the texts (or windows) per
+        forward call.
+        """
+        if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+            raise ConfigError(f"batch_size: must be a positive whole number, got {batch_size!r}")
         device = next(self.model.parameters()).device  # the CPU unless moved (``package.model.to(...)``)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            input_ids, mask = pad_token_ids([sequences[i] for i in chunk], self.config.model.pad_id)
-            logits[chunk] = self.model(input_ids.to(device), mask.to(device)).float().cpu()
-        if len(sequences) != len(texts):
-            logits = mean_by_text(logits, torch.tensor(owner), len(texts))
-        return torch.softmax(logits, dim=-1)
+        limits = GroupLimits.for_device(device, max_sequences=batch_size)
+        return TextClassifierRunner.for_package(self, limits=limits).probabilities(texts)
 
 
 def write_package(
@@ -182,18 +162,21 @@ def write_package(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in state_dict.items()}
-    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-    tokenizer.save(str(directory / TOKENIZER_FILE))
+    # Each file is written atomically: a reader of the directory never sees a truncated one.
+    with atomic_path(directory / WEIGHTS_FILE) as temporary:
+        save_file(tensors, str(temporary), metadata={"format": "pt"})
+    with atomic_path(directory / TOKENIZER_FILE) as temporary:
+        tokenizer.save(str(temporary))
     if metrics is not None:
-        _write_text(directory / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        atomic_write(directory / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     if card is not None:
-        _write_text(directory / CARD_FILE, card)
+        atomic_write(directory / CARD_FILE, card)
     for name, data in (plots or {}).items():
         if Path(name).name != name or not name.endswith(".png"):
             raise ConfigError(f"Plot file names must be plain '*.png' names, got {name!r}.")
-        (directory / name).write_bytes(data)
+        atomic_write(directory / name, data)
     # config.json last: a directory with a config is a complete package.
-    _write_text(directory / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
+    atomic_write(directory / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def read_config(path: str | Path) -> PackageConfig:
@@ -252,12 +235,3 @@ def load_package(path: str | Path) -> ModelPackage:
 
     configure_tokenizer(tokenizer, config.max_length, truncate=config.long_texts == "truncate")
     return ModelPackage(path=path, config=config, model=model, tokenizer=tokenizer)
-
-
-def _write_text(path: Path, text: str) -> None:
-    # Atomic within the package too: a reader never sees a truncated JSON file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
