@@ -206,6 +206,13 @@ def test_evaluate_with_labels_the_model_does_not_know(
     _assert_user_error(status, err, "'tech'")
 
 
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"torchship {version('torchship')}"
+
+
 def test_help_exits_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = _run(["--help"], capsys)
     assert status == 0

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace  # type: ignore[attr-defined]
 
+from torchship._version import __version__
 from torchship.errors import DataError, TorchshipError
 
 if TYPE_CHECKING:
@@ -42,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser(only=args[0] if args[:1] in (["serve"], ["key"]) else None)
+        only = args[0] if args[:1] in (["serve"], ["key"]) else None
+        parser = build_parser(only="key" if args == ["--version"] else only)  # --version: no Lightning
         cfg = parser.parse_args(args)
         return _COMMANDS[cfg.command](cfg[cfg.command])
     except TorchshipError as exc:
@@ -66,6 +68,7 @@ def build_parser(*, only: str | None = None) -> ArgumentParser:
         prog="torchship",
         description="From data to a served model: train, evaluate, predict, serve.",
         exit_on_error=False,
+        version=__version__,
     )
     commands = parser.add_subcommands(dest="command")
     builders: dict[str, tuple[Callable[[], ArgumentParser], str]] = {
