@@ -213,6 +213,22 @@ def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().out.strip() == f"torchship {version('torchship')}"
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--workers", "many"], "error: workers: expected an integer or null, got 'many'"),
+        (["serve", "--max_batch_delay", "x"], "error: max_batch_delay: expected a number, got 'x'"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named_in_words(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_help_exits_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = _run(["--help"], capsys)
     assert status == 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import sys
 from argparse import ArgumentError
 from collections.abc import Callable, Sequence
@@ -51,12 +52,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc.message)
     except ArgumentError as exc:
         # jsonargparse's messages can span lines ("Parser key ...:\n  Expected ..."); one line reads better.
-        message = " ".join(str(exc).split())
+        message = _argument_message(" ".join(str(exc).split()))
         return _fail(f"{message} (see `torchship {args[0] if args else ''} --help`)".replace("  ", " "))
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
         return _fail("interrupted", status=130)
+
+
+_PARSER_KEY = re.compile(r'^Parser key "([^"]+)": ')
+_EXPECTED = re.compile(r"Expected a <class '(?:[\w.]+\.)?(\w+)'>")
+_GIVEN = re.compile(r"(?:Got value|Given value): (.*)$")
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def _argument_message(message: str) -> str:
+    """jsonargparse's type errors in words (``workers: expected an integer or null, got 'many'``); any
+    other message as it is."""
+    key, given = _PARSER_KEY.match(message), _GIVEN.search(message)
+    expected = _EXPECTED.findall(message)
+    if key is None or given is None or not expected:
+        return message
+    words = dict.fromkeys("null" if name == "NoneType" else _TYPE_WORDS.get(name, name) for name in expected)
+    return f"{key.group(1)}: expected {' or '.join(words)}, got {given.group(1)!r}"
 
 
 def build_parser(*, only: str | None = None) -> ArgumentParser:

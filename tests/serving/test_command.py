@@ -143,8 +143,8 @@ def test_the_options_keep_the_shapes_scripts_use() -> None:
     ("args", "message"),
     [
         (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
-        (["--batch_size", "x"], 'Parser key "batch_size"'),
-        (["--health_auth", "maybe"], 'Parser key "health_auth"'),
+        (["--batch_size", "x"], "batch_size: expected an integer, got 'x'"),
+        (["--health_auth", "maybe"], "health_auth: expected true or false, got 'maybe'"),
         (["--store", "s", "--batch_size", "0"], "batch_size: must be between 1 and 4096, got 0"),
         (["--store", "s", "--workers", "2", "--max_workers", "1"], "max_workers: must be between 2"),
         (["--store", "s", "--tls_cert", "c.pem"], "tls_cert and tls_key: give both"),
@@ -166,7 +166,7 @@ def test_a_bad_config_file_is_one_line_and_status_2(
 ) -> None:
     cases = {
         "model_defaults:\n  batch_size: 3\n": "does not accept option 'model_defaults.batch_size'",
-        "batch_size: many\n": 'Parser key "batch_size"',
+        "batch_size: many\n": "batch_size: expected an integer, got 'many'",
         "batch_size: [1\n": "Problems parsing config",
         "job_queue_size: 0\nstore: s\n": "job_queue_size: must be between 1",
     }
