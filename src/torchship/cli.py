@@ -69,6 +69,11 @@ _TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "boo
 def _argument_message(message: str) -> str:
     """jsonargparse's type errors in words (``workers: expected an integer or null, got 'many'``); any
     other message as it is."""
+    if "object does not support item assignment" in message:  # jsonargparse on a scalar for nargs="*"
+        return (
+            "an option that takes several values got one value in the config file: write it as a YAML "
+            "list (cors_allowed_origins: [https://a.example])"
+        )
     key, given = _PARSER_KEY.match(message), _GIVEN.search(message)
     expected = _EXPECTED.findall(message)
     if key is None or given is None or not expected:

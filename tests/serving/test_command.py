@@ -168,6 +168,7 @@ def test_a_bad_config_file_is_one_line_and_status_2(
         "model_defaults:\n  batch_size: 3\n": "does not accept option 'model_defaults.batch_size'",
         "batch_size: many\n": "batch_size: expected an integer, got 'many'",
         "batch_size: [1\n": "Problems parsing config",
+        "cors_allowed_origins: https://a.example\n": "write it as a YAML list",
         "job_queue_size: 0\nstore: s\n": "job_queue_size: must be between 1",
     }
     for number, (text, message) in enumerate(cases.items()):
