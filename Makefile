@@ -1,6 +1,8 @@
 # The two commands of the README: `make demo` (train the demo model if needed, then serve it) and
-# `make test` (linters, type checks and the whole test suite, slow end-to-end tests included).
-# Both create .venv and install torchship with its demo, hf and dev extras on first use.
+# `make test` (linters, type checks and the whole test suite, slow end-to-end tests included; among them
+# tests/test_docs.py builds the docs site with `mkdocs build --strict` and checks that it works offline).
+# Both create .venv and install torchship with its demo, hf, dev and docs extras on first use.
+# `make docs` builds the site into site/ (open site/index.html).
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,12 +11,12 @@ STAMP := $(VENV)/.installed-stamp
 STORE ?= models
 NAME ?= bbc
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint docs install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,demo,hf]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,demo,hf,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,5 +38,8 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site

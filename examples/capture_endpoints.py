@@ -1,9 +1,15 @@
-"""Regenerate ENDPOINTS.md: run every endpoint against a real server and write what it answered.
+"""Write the docs' endpoint examples: run every endpoint against a real server and record what it answered.
 
-    python examples/capture_endpoints.py --store ./models --model bbc   # the trained demo model
-    python examples/capture_endpoints.py                                # a stand-in of the demo's size
+    python examples/capture_endpoints.py                                # the page in docs/api/examples.md
+    python examples/capture_endpoints.py --store ./models --model bbc   # a trained model, elsewhere
 
-The server binds free ports; the document shows the default ports 8080/8081/8082. Token authorization is on,
+Without ``--store`` the server serves a stand-in of the demo model that this script builds the same way on
+every machine: a small ``TransformerClassifier`` with the BBC News labels, seeded, trained for a moment on
+a few fixed sentences, with a tokenizer trained on the same sentences. Its answers are therefore the same
+on every run, and ``tests/test_docs.py`` fails when a fresh capture differs from the committed page in
+anything but volatile values (times, pids, memory, keys).
+
+The server binds free ports; the page shows the default ports 8080/8081/8082. Token authorization is on,
 as by default: the script reads the keys from the server's key file, and the curl lines read them with
 ``torchship key``.
 """
@@ -14,19 +20,99 @@ import argparse
 import json
 import re
 import shutil
-import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from torchship.serving import Server, ServerSettings, ServerThread
-from torchship.store import ModelStore
+from torchship.serving import ModelSettings, Server, ServerSettings, ServerThread
 
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "api" / "examples.md"
 DEFAULT_PORTS = {"inference": "8080", "management": "8081", "metrics": "8082"}
 SHOWN_KEY = {kind: f'-H "Authorization: Bearer $(torchship key {kind})"' for kind in ("management", "API")}
-TEXT = "Shares in the bank rose sharply after it reported record profits for the year."
+TEXT = "Shares in the bank rose sharply after record profits."
+SPORTS_TEXT = "The striker scored twice in the final."
+
+# The stand-in's training set: a few sentences per BBC News label, so that the examples classify the two
+# texts above as a trained model would.
+LESSONS = {
+    "business": [
+        "Shares rose after the bank reported record profits.",
+        "The company said its sales and profits fell this year.",
+        "Oil prices and the markets rose as investors bought shares.",
+    ],
+    "entertainment": [
+        "The film won the award for best actor at the festival.",
+        "The singer released a new album and the band will tour.",
+        "The television show drew millions of viewers to the series.",
+    ],
+    "politics": [
+        "The minister told parliament the government will cut taxes.",
+        "Labour and the Tories clashed over the election campaign.",
+        "The prime minister faced questions from MPs on the bill.",
+    ],
+    "sports": [
+        "The striker scored twice as the team won the cup final.",
+        "The coach said the players must win the next match.",
+        "England beat Wales in the rugby championship game.",
+    ],
+    "tech": [
+        "The new phone runs software that users can download online.",
+        "Hackers attacked the computer network of the internet firm.",
+        "The games console and its chips were shown at the show.",
+    ],
+}
+
+
+def make_stand_in(store: Path, name: str, versions: int = 2) -> None:
+    """Publish ``versions`` identical versions of the deterministic stand-in model into ``store``."""
+    import torch
+    import torch.nn.functional as F
+
+    from torchship.data.tokenizer import encode_texts, pad_token_id, train_tokenizer
+    from torchship.models import TransformerClassifier, TransformerConfig
+    from torchship.store import ModelStore, PackageConfig, write_package
+
+    labels = tuple(LESSONS)
+    texts = [text for label in labels for text in LESSONS[label]]
+    targets = torch.tensor([labels.index(label) for label in labels for _ in LESSONS[label]])
+    tokenizer = train_tokenizer(texts, vocab_size=400, max_length=64)
+    config = TransformerConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        num_classes=len(labels),
+        d_model=32,
+        n_heads=2,
+        n_layers=1,
+        d_ff=64,
+        dropout=0.0,
+        max_length=64,
+    )
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # the same sums in the same order, whatever the machine's cores
+    model = TransformerClassifier(config)
+    input_ids, attention_mask = encode_texts(tokenizer, texts, pad_token_id(tokenizer))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):  # full-batch steps: a clear answer for the example texts, in a second
+        optimizer.zero_grad()
+        F.cross_entropy(model(input_ids, attention_mask), targets).backward()
+        optimizer.step()
+    package = PackageConfig(
+        name=name,
+        version=1,
+        labels=labels,
+        model=config,
+        max_length=64,
+        training={"note": "a stand-in for the endpoint examples: 15 sentences, 60 steps"},
+    )
+    for _ in range(versions):
+        ModelStore(store).publish(
+            name,
+            lambda directory: write_package(
+                directory, config=package, state_dict=model.state_dict(), tokenizer=tokenizer
+            ),
+        )
 
 
 class Capture:
@@ -67,15 +153,16 @@ class Capture:
             headers["authorization"] = f"Bearer {self.key(key)}"
         response = httpx.request(method, url, headers=headers, content=content, timeout=120)
         shown_url = f"http://127.0.0.1:{DEFAULT_PORTS[listener]}{path}"
-        curl = f"curl -X {method} '{shown_url}'" if method != "GET" else f"curl '{shown_url}'"
+        parts = [f"curl -X {method} '{shown_url}'" if method != "GET" else f"curl '{shown_url}'"]
         if key is not None:
-            curl += f" {SHOWN_KEY[key]}"
+            parts.append(SHOWN_KEY[key])
         if shown_data is not None:  # a body too big to print
-            curl += f" -H 'Content-Type: application/json' --data-binary {shown_data}"
+            parts += ["-H 'Content-Type: application/json'", f"--data-binary {shown_data}"]
         elif json_body is not None:
-            curl += f" -H 'Content-Type: application/json' -d '{json.dumps(json_body)}'"
+            parts += ["-H 'Content-Type: application/json'", f"-d '{json.dumps(json_body)}'"]
         elif text is not None:
-            curl += f" -H 'Content-Type: text/plain' -d '{text}'"
+            parts += ["-H 'Content-Type: text/plain'", f"-d '{text}'"]
+        curl = _command(parts)
         body = response.text.strip()
         if response.headers.get("content-type", "").startswith("application/json"):
             body = _pretty(response.json())
@@ -90,6 +177,12 @@ class Capture:
             + f"```bash\n{curl}\n```\n\n```\nHTTP {response.status_code}{extra}\n{body}\n```\n\n"
         )
         return response
+
+
+def _command(parts: list[str]) -> str:
+    """A shell command on one line, or one part per line when that is too wide to read without scrolling."""
+    line = " ".join(parts)
+    return line if len(line) <= 80 else " \\\n     ".join(parts)
 
 
 def _pretty(data: Any) -> str:
@@ -115,16 +208,18 @@ def _metrics_excerpt(text: str, limit: int) -> list[str]:
 def capture(server: Server, name: str, store: Path, key_file: Path) -> str:
     c = Capture(server, key_file)
     c.parts.append(
-        "# Endpoints\n\nEvery example below was captured from a running `torchship serve` "
-        "(`python examples/capture_endpoints.py [--store ./models]`; without a store it serves an untrained "
-        "stand-in of the demo model, so its probabilities are near uniform). Three listeners, all on "
-        "127.0.0.1 by default: "
-        "inference on 8080, management on 8081, metrics on 8082. Errors have TorchServe's body "
-        '`{"code", "type", "message"}` (the v2 routes use `{"error": "..."}`).\n\n'
-        "Token authorization is on by default, as in TorchServe: the management API needs the management "
-        "key, which the server writes to `key_file.json` (owner-only) at start; `torchship key management` "
-        "prints it. The inference API needs the inference key too once a listener binds a non-loopback "
-        "address.\n"
+        "# Endpoint examples\n\n"
+        "Every request on this page was sent to a running server, and every answer is the one it gave: "
+        "`python examples/capture_endpoints.py` writes the page, and `tests/test_docs.py` fails when a fresh "
+        "capture differs from it in anything but times, process ids, memory and keys. The model is a "
+        "stand-in that the script builds the same way on every machine (the BBC News labels, a small "
+        "seeded `TransformerClassifier` trained for a moment on fifteen sentences), so a trained model "
+        "answers with other probabilities. The ports are the defaults: inference 8080, management 8081, "
+        "metrics 8082, all on 127.0.0.1. [The APIs](index.md) says what each route is for.\n\n"
+        "Token authorization is on, as by default: the management API needs the management key, which "
+        "the server writes to `key_file.json` (owner-only) at start and `torchship key management` prints; "
+        "the inference API needs the inference key too once a listener binds a non-loopback address "
+        "([Security](../security.md#keys)).\n"
     )
     c.section("Inference API (port 8080)")
     c.call("inference", "GET", "/ping", "Health: `Healthy`, `Partial Healthy` or `Unhealthy` (500).")
@@ -150,7 +245,7 @@ def capture(server: Server, name: str, store: Path, key_file: Path) -> str:
                 "name": "text",
                 "datatype": "BYTES",
                 "shape": [2],
-                "data": [TEXT, "The striker scored twice in the final."],
+                "data": [TEXT, SPORTS_TEXT],
             }
         ],
     }
@@ -183,9 +278,19 @@ def capture(server: Server, name: str, store: Path, key_file: Path) -> str:
     )
     c.call("management", "GET", "/models?limit=1&next_page_token=0", "A page of one model, and the next.")
     c.call("management", "GET", "/models?limit=1&next_page_token=1")
-    c.call("management", "PUT", f"/models/{name}-copy?min_worker=2&synchronous=true", "Scale workers.")
-    c.call("management", "PUT", f"/models/{name}-copy/1?min_worker=1&synchronous=true", "Scale one version.")
-    c.call("management", "PUT", f"/models/{name}-copy?min_worker=1", "Asynchronously: 202.")
+    # Scaling up answers at once (202) and scaling down waits for nothing, so no worker start is waited for.
+    c.call(
+        "management",
+        "PUT",
+        f"/models/{name}-copy?min_worker=2",
+        "Scale the default version's workers. Without `synchronous=true` the answer comes at once: 202.",
+    )
+    c.call(
+        "management",
+        "PUT",
+        f"/models/{name}-copy/1?min_worker=1&synchronous=true",
+        "Scale one version, and answer once it is done.",
+    )
     c.call("management", "PUT", f"/models/{name}/1/set-default", "Set the default version.")
     c.call(
         "management", "DELETE", f"/models/{name}-copy/1", "Unregister a version (in-flight requests finish)."
@@ -239,8 +344,6 @@ def capture(server: Server, name: str, store: Path, key_file: Path) -> str:
         f"503: a version scaled to 0 workers (`PUT /models/{name}/1?min_worker=0`).",
         json_body={"text": TEXT},
     )
-    scale_to_one = f"{manage}/models/{name}/1?min_worker=1&synchronous=true"
-    httpx.put(scale_to_one, headers=auth, timeout=120).raise_for_status()
     c.parts.append(
         "\nOther statuses: **503** with `Retry-After` when a version's queue (`job_queue_size`) is full; "
         "**504** when a request waited or ran longer than `response_timeout` (the worker is then killed and "
@@ -250,27 +353,19 @@ def capture(server: Server, name: str, store: Path, key_file: Path) -> str:
     return "".join(c.parts)
 
 
-def _copy(source: Path, target: Path) -> None:
-    shutil.copytree(source, target, dirs_exist_ok=True)
-
-
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--store", help="a store with the model (default: a stand-in in a temp dir)")
+    parser.add_argument("--store", help="a store with the model (default: the stand-in, in a temp dir)")
     parser.add_argument("--model", default="bbc")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "ENDPOINTS.md"))
-    args = parser.parse_args()
+    parser.add_argument("--out", default=str(PAGE))
+    args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="torchship-endpoints-"))
     try:
         store = work / "store"
         if args.store:
             shutil.copytree(args.store, store, ignore=shutil.ignore_patterns(".serve-snapshot.json"))
         else:
-            sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-            from peers.package import make_benchmark_package
-
-            first = make_benchmark_package(store, name=args.model)
-            ModelStore(store).publish(args.model, lambda tmp: _copy(first, tmp))
+            make_stand_in(store, args.model)
         key_file = work / "key_file.json"
         settings = ServerSettings(
             inference_port=0,
@@ -279,6 +374,8 @@ def main() -> None:
             store=store,
             use_snapshot=False,
             key_file=key_file,
+            # The same page on every machine: one CPU worker per version, whatever the cores and GPUs.
+            model_defaults=ModelSettings(workers=1, device="cpu", torch_threads=1),
         )
         with ServerThread(Server(settings)) as server:
             while not server.health().healthy:

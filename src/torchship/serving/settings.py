@@ -318,7 +318,7 @@ def default_torch_threads(workers: int) -> int:
     Why not every core: a worker's OpenMP threads spin against the HTTP process (and a load generator on
     the same cores). On a 2-core machine under load, one worker of 2 threads served a small fraction of
     what one worker of 1 thread did, and two workers of 1 thread more again (see :func:`default_workers`
-    and the performance page of the docs).
+    and the performance page of the docs, "Threads per worker").
     """
     return max(1, (usable_cores() - 1) // max(1, workers))
 
