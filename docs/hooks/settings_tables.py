@@ -21,13 +21,12 @@ fails the build.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import importlib
-import inspect
 import re
 from typing import Any
 
+from torchship.dataclass_fields import settings_fields
 from torchship.serving import settings as settings_module
 
 BLOCK = re.compile(
@@ -62,7 +61,7 @@ def table(class_name: str, section: str | None = None, names: list[str] | None =
     cls = getattr(module, name, None)
     if not isinstance(cls, type) or not dataclasses.is_dataclass(cls):
         raise ValueError(f"settings table: {name!r} is not a dataclass of {module.__name__}")
-    docs = field_docs(cls)
+    docs = {field.name: (field.section, field.doc) for field in settings_fields(cls)}
     fields = {field.name: field for field in dataclasses.fields(cls)}
     unknown = sorted(set(names or ()) - set(fields))
     if unknown:
@@ -76,30 +75,6 @@ def table(class_name: str, section: str | None = None, names: list[str] | None =
     if len(rows) == 2:
         raise ValueError(f"settings table: no {class_name} field in section {section!r}")
     return "\n".join(rows) + "\n"
-
-
-def field_docs(cls: type) -> dict[str, tuple[str, str]]:
-    """``{field: (section, docstring)}`` from the class source: the string after each annotated field,
-    and the ``# ---- name`` comment above it."""
-    source = inspect.getsource(cls)
-    sections: dict[int, str] = {}
-    current = ""
-    for number, line in enumerate(source.splitlines(), start=1):
-        match = _SECTION.match(line)
-        if match:
-            current = match[1].strip()
-        sections[number] = current
-    body = ast.parse(source).body[0]
-    assert isinstance(body, ast.ClassDef)
-    docs: dict[str, tuple[str, str]] = {}
-    for statement, following in zip(body.body, [*body.body[1:], None], strict=True):
-        if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)):
-            continue
-        text = ""
-        if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
-            text = str(following.value.value)
-        docs[statement.target.id] = (sections[statement.lineno], text)
-    return docs
 
 
 def _default(field: dataclasses.Field[Any]) -> Any:

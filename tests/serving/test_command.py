@@ -16,8 +16,9 @@ import pytest
 from jsonargparse import ActionConfigFile, ArgumentParser  # type: ignore[attr-defined]
 
 from torchship.cli import build_parser, main
+from torchship.dataclass_fields import settings_fields
 from torchship.serving import ModelSettings, ServerSettings
-from torchship.serving.command import add_settings_arguments, serve_settings, settings_fields
+from torchship.serving.command import add_settings_arguments, serve_settings
 
 SETTINGS = [
     *settings_fields(ModelSettings),

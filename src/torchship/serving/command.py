@@ -20,19 +20,15 @@ Keys: generated at start into ./key_file.json (owner-only); ``torchship key mana
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import logging
-import re
-import textwrap
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace  # type: ignore[attr-defined]
 
+from torchship.dataclass_fields import SettingField, settings_fields
 from torchship.errors import ConfigError
 from torchship.serving.settings import ModelSettings, ServerSettings
 
@@ -47,74 +43,6 @@ __all__ = [
 
 # Fields that are not options: the model options fill ``model_defaults``.
 _NOT_OPTIONS = {"model_defaults"}
-_SECTION = re.compile(r"^\s*# -+ (.+?)\s*$")
-_ROLE = re.compile(r":\w+:`~?([^`]+)`")
-
-
-@dataclass(frozen=True)
-class SettingField:
-    """One field of a settings dataclass as ``--help`` and the docs show it."""
-
-    name: str
-    type: Any
-    """The field's annotation, resolved (``int | None``, ``tuple[str, ...]``, ``Path``)."""
-    default: Any
-    """The default value (``default_factory()`` where the field has a factory)."""
-    doc: str
-    """The docstring under the field, dedented, with its reST markup (``""`` when it has none)."""
-    section: str
-    """The ``# ---- name`` comment above the field in the class (``""`` when none)."""
-
-    @property
-    def help(self) -> str:
-        """``doc`` as plain text for a terminal: ``code`` and ``:role:`name``` markup dropped."""
-        return _ROLE.sub(r"\1", self.doc).replace("``", "")
-
-
-def settings_fields(cls: type[Any]) -> list[SettingField]:
-    """The fields of the settings dataclass ``cls``, in order, with type, default, docstring and section.
-
-    The one reader of the field docstrings, for ``--help`` and for the docs' settings tables.
-
-        >>> [f.name for f in settings_fields(ModelSettings)][:2]
-        ['batch_size', 'max_batch_delay']
-    """
-    hints = typing.get_type_hints(cls)
-    docs = _field_docs(cls)
-    return [
-        SettingField(field.name, hints[field.name], _default(field), *docs.get(field.name, ("", "")))
-        for field in dataclasses.fields(cls)
-    ]
-
-
-def _field_docs(cls: type[Any]) -> dict[str, tuple[str, str]]:
-    # Attribute docstrings exist only in the source: the string statement after each annotated field.
-    try:
-        source = textwrap.dedent(inspect.getsource(cls))
-    except OSError:  # installed without its .py files: options without help beat no command at all
-        return {}
-    sections: dict[int, str] = {}
-    current = ""
-    for number, line in enumerate(source.splitlines(), start=1):
-        match = _SECTION.match(line)
-        current = match[1] if match else current
-        sections[number] = current
-    body = ast.parse(source).body[0]
-    assert isinstance(body, ast.ClassDef)
-    docs: dict[str, tuple[str, str]] = {}
-    for statement, following in zip(body.body, [*body.body[1:], None], strict=True):
-        if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
-            doc = ""
-            if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
-                doc = inspect.cleandoc(str(following.value.value))
-            docs[statement.target.id] = (doc, sections[statement.lineno])
-    return docs
-
-
-def _default(field: dataclasses.Field[Any]) -> Any:
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return field.default
 
 
 def add_serve_arguments(parser: ArgumentParser) -> None:
