@@ -112,9 +112,10 @@ class TextClassifierModule(L.LightningModule):
             lr=self.optim.lr,
             betas=self.optim.betas,
             weight_decay=self.optim.weight_decay,
-            # One fused kernel instead of a dozen ops per tensor: on a CPU the per-tensor AdamW costs about
-            # 15x more, ~7% of a training step here, mostly on the embedding table. fp16 AMP with gradient
-            # clipping cannot unscale gradients for a fused optimizer, so it keeps the default one.
+            # One fused kernel instead of a dozen ops per tensor: on a CPU the per-tensor AdamW costs many
+            # times more, mostly on the embedding table (see the performance page of the docs, "Training
+            # loop overhead"). fp16 AMP with gradient clipping cannot unscale gradients for a fused
+            # optimizer, so it keeps the default one.
             fused=self._can_fuse_optimizer(),
         )
         # functools.partial, not a lambda: LambdaLR's state_dict (in checkpoints) skips plain functions
