@@ -256,6 +256,36 @@ def capture(server: Server, name: str, store: Path, key_file: Path) -> str:
         "Several texts: each is batched as a request.",
         json_body=request,
     )
+    c.call(
+        "inference",
+        "POST",
+        f"/v2/models/{name}/infer",
+        "Triton's classification extension: the top classes of an output as `score:index:label`.",
+        json_body={
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [TEXT]}],
+            "outputs": [{"name": "probabilities", "parameters": {"class_count": 2}}],
+        },
+    )
+    c.call("inference", "GET", f"/v2/models/{name}/config", "Model configuration (Triton's extension).")
+    c.call("inference", "GET", f"/v2/models/{name}/versions/1/stats", "Statistics (Triton's extension).")
+    c.call(
+        "inference",
+        "POST",
+        "/v2/repository/index",
+        "The repository index: every version and its state.",
+        json_body={},
+    )
+    c.section("KServe v1 (port 8080)")
+    c.call("inference", "GET", "/", "Liveness.")
+    c.call("inference", "GET", "/v1/models")
+    c.call("inference", "GET", f"/v1/models/{name}", "Readiness (503 while no worker has loaded the model).")
+    c.call(
+        "inference",
+        "POST",
+        f"/v1/models/{name}:predict",
+        'Each instance is batched as a request; a string or a `{"text": ...}` object.',
+        json_body={"instances": [TEXT, {"text": SPORTS_TEXT, "top_k": 1}]},
+    )
     c.section("Management API (port 8081)")
     c.call("management", "GET", "/models", "List models (`limit`, `next_page_token`).")
     c.call("management", "GET", f"/models/{name}", "Describe the default version.")
@@ -314,6 +344,13 @@ def capture(server: Server, name: str, store: Path, key_file: Path) -> str:
         "/metrics",
         "Prometheus text format (excerpt; also histograms of queue wait, inference and end-to-end latency).",
         limit=16,
+    )
+    c.call(
+        "metrics",
+        "GET",
+        "/metrics?name[]=ts_inference_requests_total",
+        "Only the named families (`name[]`; repeat it for more), here one of TorchServe's names that its "
+        "dashboards read.",
     )
     c.section("Errors")
     c.call("inference", "POST", "/predictions/nope", "404: unknown model.", json_body={"text": TEXT})

@@ -153,10 +153,13 @@ _VOLATILE = (
     (re.compile(r'"startTime": "[^"]*"'), '"startTime": "<time>"'),
     (re.compile(r'"memoryUsage": \d+'), '"memoryUsage": <bytes>'),
     (re.compile(r'"pid": \d+'), '"pid": <pid>'),
+    (re.compile(r'"ns": \d+'), '"ns": <ns>'),
+    (re.compile(r'(?i)(hostname)="[^"]*"'), r'\1="<host>"'),
+    (re.compile(r"^(ts_\w*microseconds\{[^}]*\}) \S+$", re.M), r"\1 <microseconds>"),
     (re.compile(r"^(torchship_\w*seconds\w*\{[^}]*\}) \S+$", re.M), r"\1 <seconds>"),
 )
 # Decimal numbers (probabilities, metric values) are compared within float noise, not as text.
-_NUMBER = re.compile(r"(?<![\w.\"])\d+\.\d+(?![\w.])")
+_NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")  # also in strings: "0.975364:0:business"
 
 
 def _normalised(page: str) -> tuple[str, list[float]]:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from serving_support import running, settings, wait_until
+from serving_support import metric, running, settings, wait_until
 
 from torchship.serving import Server
 
@@ -112,6 +112,10 @@ def test_an_oversized_header_block_gets_431_and_the_connection_closes() -> None:
         assert answer.startswith(b"HTTP/1.1 431 ")
         assert b'"RequestHeaderFieldsTooLargeException"' in answer and b"--max_header_size" in answer
         assert httpx.get(server.urls["inference"] + "/ping").status_code == 200
+        # Answered before any App saw the request, and counted all the same.
+        labels = {"listener": "inference", "route": "none", "status": "431"}
+        assert metric(server, "torchship_http_responses_total", **labels) == 1
+        assert metric(server, "Requests4XX", Level="Host", Hostname=server.metrics.hostname) == 1
 
 
 def test_an_endless_header_is_not_buffered() -> None:

@@ -153,7 +153,30 @@ def test_error_statuses_use_torchserve_bodies(
 
 
 def test_405_lists_allowed_methods(client: httpx.Client) -> None:
-    assert client.get("/predictions/news").headers["allow"] == "POST"
+    assert client.get("/predictions/news").headers["allow"] == "POST, PUT"
+
+
+def test_put_predicts_like_post(client: httpx.Client) -> None:
+    """``curl -T file`` PUTs the file with no Content-Type: the handler gets its bytes."""
+    put = client.put("/predictions/echo", content=b"some text")
+    assert put.status_code == 200, put.text
+    assert put.json()["echo"] == "some text"
+    assert client.put("/predictions/news/1", json={"text": "a"}).json()["label"]
+
+
+def test_a_form_body_gives_the_handler_its_input_part_only(client: httpx.Client) -> None:
+    files = {"other": (None, b"not this"), "data": ("x.bin", b"\x00exact bytes\r\n", "image/png")}
+    response = client.post("/predictions/echo", files=files)
+    assert response.status_code == 200, response.text
+    assert response.json()["echo"] == "\x00exact bytes\r\n"  # no boundary, no part headers
+    as_json = client.post("/predictions/echo", files={"body": ("b.json", b'{"a": 1}', "application/json")})
+    assert as_json.json()["echo"] == {"a": 1}  # decoded by the part's own type
+    empty = client.post("/predictions/echo", files={"x": (None, b"1")})
+    assert empty.status_code == 400
+    assert "no input part (parts: 'x')" in empty.json()["message"]
+    too_many = client.post("/predictions/echo", files=[("p", (None, b"1"))] * 17)
+    assert too_many.status_code == 400
+    assert "max_form_parts=16" in too_many.json()["message"]
 
 
 def test_body_over_max_request_size_is_413(client: httpx.Client) -> None:

@@ -228,6 +228,70 @@ def test_register_refuses_negative_initial_workers(manage: httpx.Client) -> None
     assert len(manage.get("/models/news/all").json()) == len(before)
 
 
+def test_register_honours_every_torchserve_parameter(manage: httpx.Client) -> None:
+    params = {
+        "url": "news/1",
+        "model_name": "tuned",
+        "handler": "text-classifier",
+        "runtime": "python",
+        "batch_size": "4",
+        "max_batch_delay": "20",
+        "initial_workers": "1",
+        "synchronous": "true",
+        "response_timeout": "30",
+        "startup_timeout": "60",
+        "s3_sse_kms": "false",
+        "job_queue_size": "50",
+    }
+    response = manage.post("/models", params=params)
+    assert response.status_code == 200, response.text
+    (body,) = manage.get("/models/tuned").json()
+    assert body["handler"] == "torchship.serving.text_classifier:TextClassifierAPI"
+    assert (body["runtime"], body["batchSize"], body["maxBatchDelay"]) == ("python", 4, 20)
+    assert (body["minWorkers"], body["responseTimeout"], body["startupTimeout"]) == (1, 30, 60)
+    assert body["jobQueueStatus"]["remainingCapacity"] == 50
+    assert [worker["status"] for worker in body["workers"]] == ["READY"]  # synchronous: serving already
+    by_class = {"url": "news/1", "model_name": "tuned2", "initial_workers": 0, "runtime": "python3"}
+    response = manage.post("/models", json={**by_class, "handler": body["handler"]})
+    assert response.status_code == 200, response.text
+    assert manage.get("/models/tuned2").json()[0]["handler"] == body["handler"]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"handler": "invalidHandler"}, "Parameter handler='invalidHandler' is not a known handler"),
+        ({"handler": "my_handlers:Custom"}, "does not import handler classes by module path"),
+        ({"runtime": "LSP"}, "Parameter runtime='LSP' is not supported"),
+        ({"s3_sse_kms": "true"}, "Parameter s3_sse_kms=true does not apply"),
+        ({"min_worker": "2"}, "Unknown registration parameter 'min_worker'"),
+    ],
+    ids=["invalid-handler", "code-handler", "runtime", "s3-sse-kms", "unknown"],
+)
+def test_register_refuses_parameters_it_cannot_honour(
+    manage: httpx.Client, params: dict[str, str], message: str
+) -> None:
+    for request in (
+        {"params": {"url": "news/1", "model_name": "refused", **params}},
+        {"json": {"url": "news/1", "model_name": "refused", **params}},
+    ):
+        response = manage.post("/models", **request)  # type: ignore[arg-type]
+        assert response.status_code == 400, response.text
+        assert message in response.json()["message"]
+    assert manage.get("/models/refused").status_code == 404
+
+
+def test_register_refuses_a_handler_that_is_not_the_models_own(shared_server: Server) -> None:
+    echo = "serving_handlers:EchoAPI"  # known to that server (it serves echo), but not news's handler
+    with httpx.Client(base_url=shared_server.urls["management"], timeout=60) as manage:
+        response = manage.post("/models", params={"url": "news/1", "model_name": "mismatch", "handler": echo})
+        assert response.status_code == 400, response.text
+        assert (
+            "Parameter handler='serving_handlers:EchoAPI' does not match news/1" in response.json()["message"]
+        )
+        assert manage.get("/models/mismatch").status_code == 404
+
+
 def test_unregister_a_version_under_load_fails_no_request(own: Own) -> None:
     manage, infer = own.manage, own.infer
     # Two clients on the default version, two on the version being unregistered, all busy before it goes.

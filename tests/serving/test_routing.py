@@ -4,6 +4,7 @@ in one piece."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import MutableMapping
 from typing import Any, cast
@@ -180,3 +181,33 @@ def test_a_body_cut_short_by_a_disconnect_never_reaches_the_endpoint() -> None:
     status, _ = exchange.run(_edge_app(), "POST", "/echo", [(b"host", b"localhost")])
     assert status == 400  # answered into the void: uvicorn drops what is sent to a gone client
     assert b"half" not in exchange.sent[1]["body"]
+
+
+def test_every_response_is_reported_with_its_route_template_never_its_path() -> None:
+    seen: list[tuple[str | None, int]] = []
+    routes = [Route("POST", "/echo", _read_body), Route("GET", "/models/{model}", _endpoint)]
+    app = App(Router(routes), torchserve_error, observe=lambda route, status: seen.append((route, status)))
+    _Exchange().run(app, "GET", "/models/bbc", [])
+    _Exchange().run(app, "GET", "/anything/at/all", [])
+    _Exchange().run(app, "DELETE", "/models/bbc", [])
+    too_large = {"type": "http.request", "body": b"x" * 1001, "more_body": False}
+    _Exchange(too_large).run(app, "POST", "/echo", [])
+    assert seen == [("/models/{model}", 200), (None, 404), ("/models/{model}", 405), ("/echo", 413)]
+
+
+def test_large_responses_are_gzipped_only_when_accepted() -> None:
+    body = b'{"text": "' + b"abc " * 300 + b'"}'
+
+    async def large(request: Request) -> Response:
+        return Response(200, body)
+
+    app = App(Router([Route("GET", "/large", large)]), torchserve_error)
+    for accept, compressed in [(b"gzip", True), (b"gzip;q=0", False), (b"", False), (b"br, *", True)]:
+        exchange = _Exchange()
+        status, headers = exchange.run(app, "GET", "/large", [(b"accept-encoding", accept)])
+        assert status == 200 and headers[b"vary"] == b"Accept-Encoding"
+        sent = exchange.sent[1]["body"]
+        assert (headers.get(b"content-encoding") == b"gzip") is compressed
+        assert (gzip.decompress(sent) if compressed else sent) == body
+        assert headers[b"content-length"] == b"%d" % len(sent)
+        assert len(exchange.sent) == 2  # still one start and one body: one send on the wire

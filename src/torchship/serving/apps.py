@@ -3,10 +3,12 @@
 Separate listeners let an operator expose inference while keeping management and metrics private, as
 TorchServe does. Each app is a :class:`~torchship.serving.http.routing.App`: its
 :class:`~torchship.serving.http.edge.Edge` (Host, Origin, key), the protocols' routes, and the one error
-mapping; the inference app answers errors on ``/v2/...`` in the Open Inference Protocol's body. This is
-where HTTP (``http/``, which knows nothing of models) meets the protocols that drive the ``Server``.
+mapping; the inference app answers errors on ``/v2/...`` in the Open Inference Protocol's body and on
+``/v1/...`` in KServe's. This is where HTTP (``http/``, which knows nothing of models) meets the protocols
+that drive the ``Server``.
 With token authorization on, the management app also serves TorchServe's token API,
-``GET /token?type=management|inference``.
+``GET /token?type=management|inference``. Each app answers ``OPTIONS /`` and ``GET /api-description``
+with the OpenAPI description of its own routes (``protocols/openapi.py``).
 """
 
 from __future__ import annotations
@@ -17,22 +19,18 @@ from typing import TYPE_CHECKING
 from torchship.serving.errors import ErrorResponse
 from torchship.serving.http.auth import Keys
 from torchship.serving.http.edge import Edge
-from torchship.serving.http.routing import (
-    App,
-    Request,
-    Response,
-    Route,
-    Router,
-    Scope,
-)
+from torchship.serving.http.routing import App, Request, Response, Route, Router, Scope
 from torchship.serving.protocols import (
     inference_routes,
+    kserve_v1_error,
+    kserve_v1_routes,
     management_routes,
     token_routes,
     torchserve_error,
     v2_error,
     v2_routes,
 )
+from torchship.serving.protocols.openapi import description_routes
 from torchship.serving.runtime.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -42,18 +40,21 @@ __all__ = ["inference_app", "management_app", "metrics_app"]
 
 
 def inference_app(server: Server, edge: Edge | None = None) -> App:
-    """TorchServe's inference API and the Open Inference Protocol v2."""
-    return App(Router(inference_routes(server) + v2_routes(server)), _inference_error, edge)
+    """TorchServe's inference API, the Open Inference Protocol v2 and KServe's v1 protocol."""
+    routes = inference_routes(server) + v2_routes(server) + kserve_v1_routes(server)
+    observe = server.metrics.observer("inference")
+    return App(Router(routes + description_routes("inference", routes)), _inference_error, edge, observe)
 
 
 def management_app(server: Server, edge: Edge | None = None, keys: Keys | None = None) -> App:
     """TorchServe's management API, and its token API when there are ``keys``."""
     routes = management_routes(server) + (token_routes(keys) if keys is not None else [])
-    return App(Router(routes), torchserve_error, edge)
+    observe = server.metrics.observer("management")
+    return App(Router(routes + description_routes("management", routes)), torchserve_error, edge, observe)
 
 
 def metrics_app(server: Server, edge: Edge | None = None) -> App:
-    """``GET /metrics`` in the Prometheus text format."""
+    """``GET /metrics`` in the Prometheus text format; ``?name[]=a&name[]=b`` keeps only those families."""
     content_type = CONTENT_TYPE.encode("latin-1")
     rendering: asyncio.Future[bytes] | None = None
 
@@ -61,15 +62,22 @@ def metrics_app(server: Server, edge: Edge | None = None) -> App:
         # Rendering costs milliseconds per hundred series, and anyone who reaches the listener may scrape:
         # it runs off the event loop, and concurrent scrapes share the one render in progress.
         nonlocal rendering
+        names = request.query_all("name[]")  # as many as max_header_size lets a query string hold
+        if names:
+            return Response(200, await asyncio.to_thread(server.metrics.render, names), content_type)
         if rendering is None or rendering.done():
             rendering = asyncio.ensure_future(asyncio.to_thread(server.metrics.render))
         return Response(200, await asyncio.shield(rendering), content_type)
 
-    return App(Router([Route("GET", "/metrics", metrics)]), torchserve_error, edge)
+    routes = [Route("GET", "/metrics", metrics)]
+    observe = server.metrics.observer("metrics")
+    return App(Router(routes + description_routes("metrics", routes)), torchserve_error, edge, observe)
 
 
 def _inference_error(error: ErrorResponse, scope: Scope) -> Response:
     path: str = scope.get("path", "")
     if path == "/v2" or path.startswith("/v2/"):
         return v2_error(error, scope)
+    if path.startswith("/v1/"):
+        return kserve_v1_error(error, scope)
     return torchserve_error(error, scope)

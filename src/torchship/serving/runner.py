@@ -130,7 +130,9 @@ class ServerRunner:
             port=address.port,
             loop="none",
             # uvicorn's httptools protocol, one send per response, within the connection limits
-            http=LimitedHttpToolsProtocol.with_limits(ConnectionLimits.from_settings(name, settings)),
+            http=LimitedHttpToolsProtocol.with_limits(
+                ConnectionLimits.from_settings(name, settings, self.server.metrics.observer(name))
+            ),
             ws="none",
             lifespan="off",
             access_log=False,

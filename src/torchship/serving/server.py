@@ -212,7 +212,13 @@ class Server:
                 "scale workers API (PUT /models/{model}?min_worker=N) to add workers later"
             )
         self._check_workers("initial_workers", workers)
+        handler = self._handler_named(registration.handler) if registration.handler is not None else None
         source = await asyncio.to_thread(self.sources.resolve, registration.url, name, next_version)
+        if handler is not None and handler is not source.handler:
+            raise UserInputError(
+                f"Parameter handler={registration.handler!r} does not match {registration.url}, which is "
+                f"served by {_qualname(source.handler)}; leave handler out to use the model's own"
+            )
         spec = self._spec(source, settings.replace(workers=workers))
         # Again, now: other registrations may have taken workers while this one resolved off the loop.
         # From here to registry.register's count of the workers nothing awaits, so the cap holds.
@@ -301,6 +307,29 @@ class Server:
         api = source.handler(model_path=source.path, name=source.name, **settings.to_dict())
         return VersionSpec(api, source.version, source.url, _qualname(source.handler), loaded_at_startup)
 
+    def _handler_named(self, handler: str) -> type[ModelAPI]:
+        """The class ``handler=`` names (a built-in's name, or a known class's ``module:Class``); a 400
+        that says what is supported otherwise: the server never imports handler code by name."""
+        known: dict[str, type[ModelAPI]] = dict(BUILTIN_HANDLERS)
+        known.update(
+            {_qualname(cls): cls for cls in (*BUILTIN_HANDLERS.values(), *self.sources.custom.values())}
+        )
+        if handler in known:
+            return known[handler]
+        names = ", ".join(known)
+        if ":" not in handler and "." not in handler:
+            raise UserInputError(f"Parameter handler={handler[:80]!r} is not a known handler; known: {names}")
+        opt_in = (
+            "even with --allow_code_models"
+            if self.settings.allow_code_models
+            else "(code handlers would also need the operator's --allow_code_models)"
+        )
+        raise UserInputError(
+            f"Parameter handler={handler[:80]!r} names handler code to import: this server does not import "
+            f"handler classes by module path {opt_in}. Known handlers: {names}. A custom handler is a "
+            "ModelAPI subclass served with ModelAPI.start(); register model files for it by url"
+        )
+
     def _versions_of(self, name: str | None) -> list[ServedVersion]:
         return self.registry.versions(name) if name is not None and name in self.registry.names() else []
 
@@ -313,6 +342,9 @@ class Registration:
     """A store model (``name`` or ``name/version``), a package or archive file, or a model file."""
     name: str | None = None
     """The name to serve it under; None: the name the source gives."""
+    handler: str | None = None
+    """TorchServe's ``handler``: the model's own handler by name (``text-classifier``) or ``module:Class``;
+    None: the one the source declares. Another handler, or code to import, is a 400."""
     initial_workers: int | None = None
     """Workers to start; None: the model defaults' worker count."""
     synchronous: bool = False

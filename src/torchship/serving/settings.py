@@ -193,6 +193,12 @@ class ServerSettings:
     # ------------------------------------------------------------------ connections
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
     """Largest request body in bytes; a larger one is answered 413 before it is read."""
+    max_form_parts: int = 16
+    """Most parts in one ``multipart/form-data`` request body (``curl -F``); more is a 400."""
+    max_form_part_headers: int = 8
+    """Most header lines in one part of a ``multipart/form-data`` body; more is a 400."""
+    max_form_header_size: int = 4096
+    """Longest header line, in bytes, in one part of a ``multipart/form-data`` body; longer is a 400."""
     max_connections: int = 1000
     """Open connections per listener; one more is closed at once (the file descriptors stay free for the
     other listeners and the workers)."""
@@ -239,6 +245,9 @@ class ServerSettings:
         for name in ("inference_port", "management_port", "metrics_port"):
             _check_int(name, getattr(self, name), minimum=0, maximum=65535)
         _check_int("max_request_size", self.max_request_size, minimum=1, maximum=64 * GiB)
+        _check_int("max_form_parts", self.max_form_parts, minimum=1, maximum=1_000_000)
+        _check_int("max_form_part_headers", self.max_form_part_headers, minimum=1, maximum=1000)
+        _check_int("max_form_header_size", self.max_form_header_size, minimum=64, maximum=16 << 20)
         _check_int("max_connections", self.max_connections, minimum=1, maximum=1_000_000)
         _check_int("max_header_size", self.max_header_size, minimum=1024, maximum=16 << 20)
         for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):

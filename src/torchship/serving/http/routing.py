@@ -25,6 +25,13 @@ from torchship.serving.errors import (
     ResourceNotFoundError,
     error_response,
 )
+from torchship.serving.http.encoding import (
+    Inflater,
+    accepts_gzip,
+    compressible,
+    content_coding,
+    gzip_compress,
+)
 
 if TYPE_CHECKING:
     from torchship.serving.http.edge import Edge
@@ -34,6 +41,7 @@ __all__ = [
     "ClientDisconnectedError",
     "Request",
     "Response",
+    "ResponseObserver",
     "Route",
     "Router",
     "json_response",
@@ -88,6 +96,11 @@ class Request:
         self.params = params
         self._query: dict[str, str] | None = None
 
+    def query_all(self, name: str) -> list[str]:
+        """Every value of a repeated query parameter (``?name[]=a&name[]=b``), in order."""
+        query = self.scope["query_string"].decode("latin-1")
+        return [value for key, value in parse_qsl(query, keep_blank_values=True) if key == name]
+
     @property
     def query(self) -> dict[str, str]:
         """Query parameters; a repeated key keeps its last value."""
@@ -105,10 +118,14 @@ class Request:
         return default
 
     async def body(self, limit: int) -> bytes:
-        """The whole body; :class:`PayloadTooLargeError` (413) as soon as it is known to exceed ``limit``."""
+        """The whole body, inflated when its ``Content-Encoding`` is gzip or deflate (another is a 415);
+        :class:`PayloadTooLargeError` (413) as soon as it, or what it inflates to, is known to exceed
+        ``limit``."""
         declared = self.header(b"content-length")
         if declared.isdigit() and int(declared) > limit:
             raise _too_large(int(declared), limit)
+        coding = content_coding(self.header(b"content-encoding"))
+        inflater = Inflater(coding, limit) if coding is not None else None
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -120,9 +137,14 @@ class Request:
             size += len(chunk)
             if size > limit:
                 raise _too_large(size, limit)
-            chunks.append(chunk)
+            if inflater is not None:
+                inflater.feed(chunk)
+            else:
+                chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        if inflater is not None:
+            return inflater.finish()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -139,7 +161,8 @@ ErrorFormatter = Callable[[ErrorResponse, Scope], Response]
 
 @dataclass(frozen=True)
 class Route:
-    """``Route("POST", "/predictions/{model}", endpoint)``: ``{name}`` segments become ``request.params``."""
+    """``Route("POST", "/predictions/{model}", endpoint)``: ``{name}`` segments become ``request.params``;
+    a segment may end in a literal after its parameter (``{model}:predict``)."""
 
     method: str
     path: str
@@ -154,12 +177,19 @@ class Router:
     """Matches by segment count, then literal segments, in the order the routes were given."""
 
     def __init__(self, routes: list[Route]) -> None:
+        self.routes = tuple(routes)
+        """Every route, in order (the API description and its drift test read them)."""
         self._by_length: dict[int, list[tuple[tuple[str, ...], Route]]] = {}
         for route in routes:
             self._by_length.setdefault(len(route.segments), []).append((route.segments, route))
 
     def match(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]]:
         """The endpoint and path parameters, or 404 / 405 (with the allowed methods)."""
+        route, params = self.resolve(method, path)
+        return route.endpoint, params
+
+    def resolve(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        """The route and path parameters, or 404 / 405 (with the allowed methods)."""
         parts = tuple(path.strip("/").split("/")) if path.strip("/") else ()
         allowed: list[str] = []
         for segments, route in self._by_length.get(len(parts), ()):
@@ -167,7 +197,7 @@ class Router:
             if params is None:
                 continue
             if route.method == method:
-                return route.endpoint, params
+                return route, params
             allowed.append(route.method)
         if allowed:
             raise MethodNotAllowedError(
@@ -176,49 +206,96 @@ class Router:
             )
         raise ResourceNotFoundError("Requested resource is not found, please refer to API document.")
 
+    def template(self, path: str) -> str | None:
+        """The path template of the first route matching ``path`` by any method (None: no route does)."""
+        parts = tuple(path.strip("/").split("/")) if path.strip("/") else ()
+        for segments, route in self._by_length.get(len(parts), ()):
+            if _match(segments, parts) is not None:
+                return route.path
+        return None
+
 
 def _match(segments: tuple[str, ...], parts: tuple[str, ...]) -> dict[str, str] | None:
     params: dict[str, str] = {}
     for segment, part in zip(segments, parts, strict=True):
         if segment.startswith("{"):
-            if not part:
+            end = segment.index("}")
+            suffix = segment[end + 1 :]  # "{model}:predict" (KServe v1): a literal after the parameter
+            if len(part) <= len(suffix) or not part.endswith(suffix):
                 return None
-            params[segment[1:-1]] = part
+            params[segment[1:end]] = part[: len(part) - len(suffix)]
         elif segment != part:
             return None
     return params
 
 
+# Told of every response an App sends: the path template of its route (None: refused before routing, or no
+# route matches) and the status. Templates, not paths, so that what it counts stays bounded.
+ResponseObserver = Callable[[str | None, int], None]
+
+
 class App:
     """An ASGI app: admit (the :class:`~torchship.serving.http.edge.Edge`'s
     Host, Origin and key checks), route,
-    run the endpoint, and turn any exception into an error response (one place)."""
+    run the endpoint, and turn any exception into an error response (one place). Every response is
+    reported to ``observe`` (metrics) and gzip-compressed when the client accepts it and it is worth it."""
 
-    def __init__(self, router: Router, format_error: ErrorFormatter, edge: Edge | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        format_error: ErrorFormatter,
+        edge: Edge | None = None,
+        observe: ResponseObserver | None = None,
+    ) -> None:
         self.router = router
         self.format_error = format_error
         self.edge = edge
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan is off; websockets are not served
         admission = self.edge.admit(scope) if self.edge is not None else None
+        template: str | None = None
         if admission is None:
-            response = await self._respond(scope, receive)
+            template, response = await self._respond(scope, receive)
         else:
             if admission.refusal is not None:  # formatted, never raised: an instance may be shared
                 response = self.format_error(error_response(admission.refusal), scope)
             elif admission.preflight:
                 response = Response(200, b"", b"text/plain")
             else:
-                response = await self._respond(scope, receive)
+                template, response = await self._respond(scope, receive)
             if admission.cors:
                 response = response.with_headers(admission.cors)
+        if compressible(response.content_type, len(response.body)):
+            response = _negotiate_encoding(response, scope)
+        if self.observe is not None:
+            self.observe(template, response.status)
         await response.send(send)
 
-    async def _respond(self, scope: Scope, receive: Receive) -> Response:
+    async def _respond(self, scope: Scope, receive: Receive) -> tuple[str | None, Response]:
+        route: Route | None = None
         try:
-            endpoint, params = self.router.match(scope["method"], scope["path"])
-            return await endpoint(Request(scope, receive, params))
+            route, params = self.router.resolve(scope["method"], scope["path"])
+            return route.path, await route.endpoint(Request(scope, receive, params))
         except Exception as exc:
-            return self.format_error(error_response(exc), scope)
+            template = route.path if route is not None else self.router.template(scope["path"])
+            return template, self.format_error(error_response(exc), scope)
+
+
+def _negotiate_encoding(response: Response, scope: Scope) -> Response:
+    """``response`` gzip-compressed when the client accepts it (and it is not encoded already), with
+    ``Vary: Accept-Encoding`` either way, since its form depends on that header."""
+    vary = ((b"vary", b"Accept-Encoding"),)
+    if any(name == b"content-encoding" for name, _ in response.headers):
+        return response
+    accept = b""
+    for name, value in scope["headers"]:
+        if name == b"accept-encoding":
+            accept = value
+            break
+    if not accepts_gzip(accept):
+        return response.with_headers(vary)
+    headers = (*response.headers, (b"content-encoding", b"gzip"), *vary)
+    return replace(response, body=gzip_compress(response.body), headers=headers)

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from torchship.serving.http.routing import ResponseObserver
 from torchship.serving.settings import ServerSettings
 
 __all__ = [
@@ -102,15 +103,21 @@ class ConnectionLimits:
     max_header_size: int
     header_timeout: float
     body_timeout: float
+    observe: ResponseObserver | None = None
+    """Told of each 408/431 this layer answers itself (``route`` None), as the App is of its responses,
+    so that every status is counted."""
 
     @classmethod
-    def from_settings(cls, listener: str, settings: ServerSettings) -> ConnectionLimits:
+    def from_settings(
+        cls, listener: str, settings: ServerSettings, observe: ResponseObserver | None = None
+    ) -> ConnectionLimits:
         return cls(
             listener,
             settings.max_connections,
             settings.max_header_size,
             settings.header_timeout,
             settings.body_timeout,
+            observe,
         )
 
 
@@ -330,6 +337,8 @@ class LimitedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         self._send_error(status, kind, message)
 
     def _send_error(self, status: int, kind: str, message: str) -> None:
+        if self.limits.observe is not None:
+            self.limits.observe(None, status)
         body = json.dumps({"code": status, "type": kind, "message": message}, indent=2).encode() + b"\n"
         head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
         self.transport.write(STATUS_LINE[status] + head % len(body) + body)

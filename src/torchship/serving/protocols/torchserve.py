@@ -20,6 +20,7 @@ from torchship.serving.http.auth import Keys
 from torchship.serving.http.routing import JSON, Request, Response, Route, Scope, json_response
 from torchship.serving.json_body import parse_json
 from torchship.serving.protocols.describe import describe, paginate
+from torchship.serving.protocols.multipart import FormLimits, form_input, is_form
 from torchship.serving.protocols.params import parse_bool, parse_float, parse_int
 from torchship.serving.server import Registration, Server
 from torchship.serving.workers.batch import Outcome
@@ -37,7 +38,12 @@ _CONTENT_TYPES: dict[str, bytes] = {}
 
 
 def inference_routes(server: Server) -> list[Route]:
-    """``GET /ping`` and ``POST /predictions/{model}[/{version}]``."""
+    """``GET /ping`` and ``POST``/``PUT /predictions/{model}[/{version}]`` (``curl -T file`` PUTs).
+
+    The body is the input as is (its ``Content-Type`` tells the handler how to read it), or a
+    ``multipart/form-data`` form whose ``data`` or ``body`` part, else first file part, is the input.
+    """
+    form_limits = FormLimits.of(server.settings)
 
     async def ping(request: Request) -> Response:
         health = server.health()
@@ -50,7 +56,10 @@ def inference_routes(server: Server) -> list[Route]:
         try:
             body = await request.body(server.settings.max_request_size)
             served = server.registry.reroute(served, version)  # unregistered while the body arrived?
-            outcome = await served.submit(request.header(b"content-type").decode("latin-1"), body)
+            content_type = request.header(b"content-type").decode("latin-1")
+            if is_form(content_type):
+                content_type, body = form_input(content_type, body, form_limits)
+            outcome = await served.submit(content_type, body)
         except TorchshipError as exc:
             served.metrics.request_done(exc.status, time.perf_counter() - start)
             raise
@@ -61,6 +70,8 @@ def inference_routes(server: Server) -> list[Route]:
         Route("GET", "/ping", ping),
         Route("POST", "/predictions/{model}", predict),
         Route("POST", "/predictions/{model}/{version}", predict),
+        Route("PUT", "/predictions/{model}", predict),
+        Route("PUT", "/predictions/{model}/{version}", predict),
     ]
 
 
@@ -144,8 +155,43 @@ def management_routes(server: Server) -> list[Route]:
     ]
 
 
+_REGISTER_PARAMS = (
+    "url",
+    "model_name",
+    "handler",
+    "runtime",
+    "batch_size",
+    "max_batch_delay",
+    "initial_workers",
+    "synchronous",
+    "response_timeout",
+    "startup_timeout",
+    "s3_sse_kms",
+    "job_queue_size",  # torchship's; TorchServe sets it server-wide
+)
+"""``POST /models``' parameters: TorchServe's (``RegisterModelRequest``), then torchship's."""
+_RUNTIMES = ("python", "python3")
+
+
 def registration_from(params: Mapping[str, str]) -> Registration:
-    """``POST /models``'s parameters, typed: a 400 names the first bad one."""
+    """``POST /models``' parameters, typed: a 400 names the first bad or unknown one. ``runtime`` must be
+    Python's and ``s3_sse_kms`` false (the server never downloads); the others become the registration."""
+    unknown = [key for key in params if key not in _REGISTER_PARAMS]
+    if unknown:
+        raise UserInputError(
+            f"Unknown registration parameter {unknown[0][:40]!r}; known: {', '.join(_REGISTER_PARAMS)}"
+        )
+    runtime = params.get("runtime", "")
+    if runtime and runtime.lower() not in _RUNTIMES:
+        raise UserInputError(
+            f"Parameter runtime={runtime[:40]!r} is not supported: models run on Python here "
+            f"(runtime={' or '.join(_RUNTIMES)}, or leave it out)"
+        )
+    if parse_bool(params, "s3_sse_kms", False):
+        raise UserInputError(
+            "Parameter s3_sse_kms=true does not apply: the server never downloads models (from S3 or "
+            "elsewhere). Copy the package into the store or a --model_roots directory and register it there"
+        )
 
     def optional_int(key: str) -> int | None:
         # TorchServe treats an empty value as absent.
@@ -154,6 +200,7 @@ def registration_from(params: Mapping[str, str]) -> Registration:
     return Registration(
         url=params.get("url", ""),
         name=params.get("model_name") or None,
+        handler=params.get("handler") or None,
         initial_workers=optional_int("initial_workers"),
         synchronous=parse_bool(params, "synchronous", False),
         batch_size=optional_int("batch_size"),

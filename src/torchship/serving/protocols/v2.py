@@ -4,7 +4,10 @@
 numeric tensors; a dict of rows when there are several inputs), so the rows of one call are batched with
 each other and with concurrent TorchServe-style requests. The results are gathered back into output
 tensors: for the text classifier ``label`` (BYTES), ``score`` (FP32) and ``probabilities`` (FP32,
-``[N, labels]``, columns named by the ``labels`` parameter). Errors use the protocol's
+``[N, labels]``, columns named by the ``labels`` parameter). Inputs are checked against the metadata a
+handler declares (``ModelAPI.signature``; the default one is a placeholder and checks nothing). Served
+extensions: binary tensor data both ways (``v2_binary``), Triton's classification (``v2_outputs``),
+statistics, repository index and model configuration (``v2_repository``). Errors use the protocol's
 ``{"error": "..."}`` body with the same status codes as the rest of the server.
 """
 
@@ -13,14 +16,24 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from torchship._version import __version__
 from torchship.errors import TorchshipError, UserInputError
 from torchship.serving.errors import ErrorResponse, QueueFullError
+from torchship.serving.handler import ModelAPI
 from torchship.serving.http.routing import Request, Response, Route, Scope, json_response
 from torchship.serving.json_body import parse_json
+from torchship.serving.protocols.v2_binary import (
+    BINARY_HEADER,
+    attach_binary_inputs,
+    binary_outputs,
+    split_body,
+)
+from torchship.serving.protocols.v2_outputs import binary_names, check_inputs, classify, read_requested
+from torchship.serving.protocols.v2_repository import repository_routes
 from torchship.serving.protocols.v2_tensors import outputs_from_results, read_inputs, to_requests
 from torchship.serving.runtime.versions import ServedVersion
 from torchship.serving.workers.batch import Outcome
@@ -28,7 +41,10 @@ from torchship.serving.workers.batch import Outcome
 if TYPE_CHECKING:
     from torchship.serving.server import Server
 
-__all__ = ["v2_error", "v2_routes"]
+__all__ = ["EXTENSIONS", "v2_error", "v2_routes"]
+
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics")
+"""The protocol extensions served, as ``GET /v2`` lists them (``model_repository``: the index only)."""
 
 
 def v2_error(error: ErrorResponse, scope: Scope | None = None) -> Response:
@@ -40,6 +56,14 @@ def v2_error(error: ErrorResponse, scope: Scope | None = None) -> Response:
 def v2_routes(server: Server) -> list[Route]:
     """The v2 health, metadata, readiness and inference routes."""
     registry = server.registry
+    # A version never changes once published, and a handler's signature() may read files: once each.
+    declared: weakref.WeakKeyDictionary[ServedVersion, list[dict[str, Any]] | None]
+    declared = weakref.WeakKeyDictionary()
+
+    def declared_inputs(served: ServedVersion) -> list[dict[str, Any]] | None:
+        if served not in declared:
+            declared[served] = served.spec.api.signature()["inputs"] if _declares_signature(served) else None
+        return declared[served]
 
     async def live(request: Request) -> Response:
         return json_response({"live": True})
@@ -51,7 +75,7 @@ def v2_routes(server: Server) -> list[Route]:
         return json_response({"ready": False, "unavailable": list(health.unavailable)}, 400)
 
     async def metadata(request: Request) -> Response:
-        return json_response({"name": "torchship", "version": __version__, "extensions": []})
+        return json_response({"name": "torchship", "version": __version__, "extensions": list(EXTENSIONS)})
 
     async def model_metadata(request: Request) -> Response:
         served = registry.get(request.params["model"], request.params.get("version"))
@@ -59,7 +83,11 @@ def v2_routes(server: Server) -> list[Route]:
         return json_response(
             {
                 "name": served.name,
-                "versions": [other.version for other in registry.versions(served.name)],
+                "versions": (
+                    [served.version]
+                    if "version" in request.params
+                    else [other.version for other in registry.versions(served.name)]
+                ),
                 "platform": "pytorch_torchship",
                 "inputs": signature["inputs"],
                 "outputs": signature["outputs"],
@@ -78,7 +106,10 @@ def v2_routes(server: Server) -> list[Route]:
         try:
             body = await request.body(server.settings.max_request_size)
             served = registry.reroute(served, version)  # unregistered while the body arrived?
-            response = await _infer(served, body)
+            header_length = request.header(BINARY_HEADER.lower().encode("latin-1"), b"")
+            response = await _infer(
+                served, body, header_length.decode("latin-1") or None, declared_inputs(served)
+            )
         except TorchshipError as exc:
             served.metrics.request_done(exc.status, time.perf_counter() - start)
             raise
@@ -87,6 +118,7 @@ def v2_routes(server: Server) -> list[Route]:
 
     prefix, versioned = "/v2/models/{model}", "/v2/models/{model}/versions/{version}"
     return [
+        *repository_routes(server),
         Route("GET", "/v2/health/live", live),
         Route("GET", "/v2/health/ready", ready),
         Route("GET", "/v2", metadata),
@@ -99,26 +131,50 @@ def v2_routes(server: Server) -> list[Route]:
     ]
 
 
-async def _infer(served: ServedVersion, body: bytes) -> Response:
-    document = parse_json(body, "The inference request")
+async def _infer(
+    served: ServedVersion, body: bytes, header_length: str | None, declared: list[dict[str, Any]] | None
+) -> Response:
+    header, raw = split_body(body, header_length)
+    document = parse_json(header, "The inference request")
     if not isinstance(document, dict):
         raise UserInputError('The inference request must be a JSON object with "inputs"')
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise UserInputError('The inference request\'s "id" must be a string')
+    attach_binary_inputs(document, raw)
     tensors = read_inputs(document.get("inputs"))
+    if declared is not None:
+        check_inputs(served.name, tensors, declared)
     _check_capacity(served, tensors[0].rows)  # before a single row is built
-    requested = _requested(document)
+    requested, binary_all = read_requested(document)
     rows = to_requests(tensors)
     outcomes: Sequence[Outcome] = await asyncio.gather(*(served.submit(kind, data) for kind, data in rows))
     for outcome in outcomes:
         if outcome.error_type:
             raise _OutcomeError(outcome)
-    outputs = outputs_from_results([_decode(outcome) for outcome in outcomes], requested)
+    names = None if requested is None else [output.name for output in requested]
+    outputs = outputs_from_results([_decode(outcome) for outcome in outcomes], names)
+    if requested is not None:
+        outputs = [
+            classify(tensor, wanted.class_count) if wanted.class_count else tensor
+            for tensor, wanted in zip(outputs, requested, strict=True)
+        ]
+    binary = binary_names(outputs, requested, binary_all)
+    tensor_bytes = binary_outputs(outputs, binary)
     answer: dict[str, Any] = {"model_name": served.name, "model_version": served.version, "outputs": outputs}
     if request_id is not None:
         answer = {"id": request_id, **answer}
-    return Response(200, json.dumps(answer, allow_nan=False).encode("utf-8"))
+    encoded = json.dumps(answer, allow_nan=False).encode("utf-8")
+    if not binary:
+        return Response(200, encoded)
+    length = ((BINARY_HEADER.lower().encode("latin-1"), b"%d" % len(encoded)),)
+    return Response(200, encoded + tensor_bytes, b"application/octet-stream", headers=length)
+
+
+def _declares_signature(served: ServedVersion) -> bool:
+    """Inputs are checked against a handler's own metadata; the default one is a placeholder that any
+    handler taking JSON keeps, so it checks nothing."""
+    return type(served.spec.api).signature is not ModelAPI.signature
 
 
 def _check_capacity(served: ServedVersion, rows: int) -> None:
@@ -149,14 +205,3 @@ def _decode(outcome: Outcome) -> Any:
     if outcome.content_type.startswith("application/json"):
         return json.loads(outcome.body)
     return outcome.body.decode("utf-8", errors="replace")
-
-
-def _requested(document: dict[str, Any]) -> list[str] | None:
-    wanted = document.get("outputs")
-    if wanted is None:
-        return None
-    if not isinstance(wanted, list) or not all(
-        isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted
-    ):
-        raise UserInputError('"outputs" must be a list of {"name": "..."} objects')
-    return [output["name"] for output in wanted]

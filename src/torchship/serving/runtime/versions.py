@@ -151,7 +151,7 @@ class ServedVersion:
     def _send(self, worker: WorkerProcess, batch: Batch[Job], now: float) -> None:
         batch_id = next(self._batch_ids)
         for arrival in batch.arrivals:
-            self.metrics.queue_wait.observe(now - arrival)
+            self.metrics.waited(now - arrival)
         self.metrics.batch_size.observe(len(batch.items))
         timer = self._loop.call_later(self.settings.response_timeout, self._on_batch_timeout, batch_id)
         self._running[batch_id] = _Running(worker, batch.items, timer)
