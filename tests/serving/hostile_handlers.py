@@ -21,7 +21,8 @@ class MeasureAPI(ModelAPI):
 
     Bytes payloads that start with ``echo`` come back whole. JSON payloads may ask for trouble:
     ``{"raise": "base"}`` raises a BaseException subclass, ``{"deep": n}`` returns a result nested ``n``
-    levels deep, ``{"wait_for": path}`` waits until the file exists (at most a minute), ``{"sleep": s}``.
+    levels deep, ``{"wait_for": path}`` waits until the test opens the FIFO ``path`` for writing,
+    ``{"sleep": s}`` takes ``s`` seconds.
     """
 
     inference_calls_steps = True
@@ -40,9 +41,10 @@ def _misbehave(item: dict[str, Any]) -> None:
     if item.get("raise") == "base":
         raise Rude("a BaseException from the handler")
     if "wait_for" in item:
-        deadline = time.monotonic() + 60
-        while not os.path.exists(item["wait_for"]) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # A FIFO: opening it for reading blocks until the test opens it for writing (the release), no
+        # polling. Should the test never release it, the server's response_timeout replaces this worker.
+        os.close(os.open(item["wait_for"], os.O_RDONLY))
+    # A slow model, not synchronisation: the time spent is the behaviour under test (timeouts, queues).
     time.sleep(float(item.get("sleep", 0)))
 
 

@@ -50,6 +50,7 @@ class SlowAPI(ModelAPI):
         for item in data:
             if isinstance(item, dict) and "exit" in item:
                 os._exit(int(item["exit"]))
+        # A slow model, not synchronisation: the time spent is the behaviour under test (timeouts, queues).
         time.sleep(max((item.get("sleep", 0.0) for item in data if isinstance(item, dict)), default=0.0))
         return [{"pid": os.getpid(), "batch": len(data)} for _ in data]
 

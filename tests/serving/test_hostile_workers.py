@@ -78,6 +78,7 @@ def test_32_clients_sending_20_kb_texts_get_only_200s(server: Server) -> None:
 def test_a_batch_of_32_bodies_of_6_mb_crosses_whole_both_ways(server: Server, tmp_path: Path) -> None:
     url = server.urls["inference"] + "/predictions/big"
     flag = tmp_path / "go"
+    os.mkfifo(flag)  # the handler blocks opening it until the test opens it for writing
     blocker = threading.Thread(target=lambda: httpx.post(url, json={"wait_for": str(flag)}, timeout=120))
     blocker.start()  # keeps the worker busy until all 32 wait, so that they run as one batch
     served = server.registry.get("big")
@@ -96,7 +97,8 @@ def test_a_batch_of_32_bodies_of_6_mb_crosses_whole_both_ways(server: Server, tm
     for thread in senders:
         thread.start()
     wait_until(lambda: served.pending == 32, 120, "32 requests waiting")
-    flag.touch()
+    with open(flag, "wb"):  # releases the blocked handler
+        pass
     for thread in senders:
         thread.join()
     blocker.join()
@@ -296,9 +298,13 @@ def test_sigterm_to_the_process_group_drains_like_the_servers_own(tmp_path: Path
         os.killpg(process.pid, signal.SIGTERM)  # what systemd and Kubernetes do
         seen: set[int] = set()
         deadline = time.monotonic() + 120
-        while process.poll() is None and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             seen |= _children(process.pid)
-            time.sleep(0.01)  # sampling the children until the server exits, not synchronisation
+            try:
+                process.wait(timeout=0.01)  # returns as soon as the server exits; else sample again
+                break
+            except subprocess.TimeoutExpired:
+                continue
         for thread in clients:
             thread.join()
         assert process.returncode == 0
