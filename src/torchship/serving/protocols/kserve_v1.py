@@ -27,9 +27,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from torchship.errors import TorchshipError, UserInputError
-from torchship.serving.errors import ErrorResponse, QueueFullError, ServiceUnavailableError
-from torchship.serving.http.routing import Request, Response, Route, Scope, json_response
+from torchship.serving.errors import ServiceUnavailableError
+from torchship.serving.http.routing import Request, Response, Route, json_response
 from torchship.serving.json_body import parse_json
+from torchship.serving.protocols.v2 import v2_error
 from torchship.serving.runtime.versions import ServedVersion
 from torchship.serving.workers.batch import Outcome
 
@@ -42,10 +43,8 @@ _TEXT = "text/plain; charset=utf-8"
 _JSON = "application/json"
 
 
-def kserve_v1_error(error: ErrorResponse, scope: Scope | None = None) -> Response:
-    """KServe's error body ``{"error": "<message>"}``."""
-    headers = tuple((key.encode("latin-1"), value.encode("latin-1")) for key, value in error.headers)
-    return Response(error.status, json.dumps({"error": error.message}).encode("utf-8"), headers=headers)
+# KServe's v1 error body is the v2 one: ``{"error": "<message>"}``.
+kserve_v1_error = v2_error
 
 
 def kserve_v1_routes(server: Server) -> list[Route]:
@@ -93,7 +92,7 @@ async def _predict(served: ServedVersion, body: bytes) -> Response:
             'The predict request must be a JSON object with a non-empty "instances" list, '
             'e.g. {"instances": ["a text", {"text": "another"}]}'
         )
-    _check_capacity(served, len(instances))  # before a single request is built
+    served.check_room(len(instances), "instances")  # before a single request is built
     outcomes: Sequence[Outcome] = await asyncio.gather(
         *(served.submit(*_request(instance)) for instance in instances)
     )
@@ -108,23 +107,6 @@ def _request(instance: Any) -> tuple[str, bytes]:
     if isinstance(instance, str):
         return _TEXT, instance.encode("utf-8")
     return _JSON, json.dumps(instance).encode("utf-8")
-
-
-def _check_capacity(served: ServedVersion, count: int) -> None:
-    """A 400 when ``count`` instances could never fit the version's queue, a 503 when they do not fit now."""
-    size = served.settings.job_queue_size
-    if count > size:
-        raise UserInputError(
-            f'The request has {count} instances; model "{served.name}" takes at most {size} at once '
-            "(its job_queue_size): split the request"
-        )
-    free = size - served.pending
-    if count > free:
-        raise QueueFullError(
-            f'The request has {count} instances but only {free} fit in the queue of model "{served.name}" '
-            "now; send fewer at once or retry later",
-            retry_after=1,
-        )
 
 
 class _InstanceError(TorchshipError):

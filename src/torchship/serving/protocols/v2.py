@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchship._version import __version__
 from torchship.errors import TorchshipError, UserInputError
-from torchship.serving.errors import ErrorResponse, QueueFullError
+from torchship.serving.errors import ErrorResponse
 from torchship.serving.handler import ModelAPI
 from torchship.serving.http.routing import Request, Response, Route, Scope, json_response
 from torchship.serving.json_body import parse_json
@@ -145,7 +145,7 @@ async def _infer(
     tensors = read_inputs(document.get("inputs"))
     if declared is not None:
         check_inputs(served.name, tensors, declared)
-    _check_capacity(served, tensors[0].rows)  # before a single row is built
+    served.check_room(tensors[0].rows, "elements in its first dimension")  # before a single row is built
     requested, binary_all = read_requested(document)
     rows = to_requests(tensors)
     outcomes: Sequence[Outcome] = await asyncio.gather(*(served.submit(kind, data) for kind, data in rows))
@@ -175,23 +175,6 @@ def _declares_signature(served: ServedVersion) -> bool:
     """Inputs are checked against a handler's own metadata; the default one is a placeholder that any
     handler taking JSON keeps, so it checks nothing."""
     return type(served.spec.api).signature is not ModelAPI.signature
-
-
-def _check_capacity(served: ServedVersion, rows: int) -> None:
-    """A 400 when ``rows`` could never fit the version's queue, a 503 when they do not fit now."""
-    size = served.settings.job_queue_size
-    if rows > size:
-        raise UserInputError(
-            f'The request has {rows} elements in its first dimension; model "{served.name}" takes at most '
-            f"{size} at once (its job_queue_size): split the request"
-        )
-    free = size - served.pending
-    if rows > free:
-        raise QueueFullError(
-            f"The request has {rows} elements but only {free} fit in the queue of model "
-            f'"{served.name}" now; send fewer at once or retry later',
-            retry_after=1,
-        )
 
 
 class _OutcomeError(TorchshipError):

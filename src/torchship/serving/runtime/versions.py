@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from torchship.errors import VersionNotFoundError
+from torchship.errors import UserInputError, VersionNotFoundError
 from torchship.serving.errors import (
     HandlerError,
     NoWorkersError,
@@ -128,6 +128,24 @@ class ServedVersion:
             self._dispatch_pending = True
             self._loop.call_soon(self._dispatch)
         return job.future
+
+    def check_room(self, count: int, what: str) -> None:
+        """Before a protocol builds ``count`` requests for one call (v2 rows, KServe v1 instances): a 400 when
+        they could never fit this version's queue, a 503 when they do not fit now. ``what`` names them
+        (``"elements in its first dimension"``, ``"instances"``)."""
+        size = self.settings.job_queue_size
+        if count > size:
+            raise UserInputError(
+                f'The request has {count} {what}; model "{self.name}" takes at most {size} at once (its '
+                "job_queue_size): split the request"
+            )
+        free = size - self.pending
+        if count > free:
+            raise QueueFullError(
+                f'The request has {count} {what} but only {free} fit in the queue of model "{self.name}" '
+                "now; send fewer at once or retry later",
+                retry_after=1,
+            )
 
     def _dispatch(self) -> None:
         self._dispatch_pending = False
