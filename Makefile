@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` (train the demo model if needed, then serve it) and
 # `make test` (linters, type checks and the whole test suite, slow end-to-end tests included; among them
 # tests/test_docs.py builds the docs site with `mkdocs build --strict` and checks that it works offline).
-# Both create .venv and install torchship with its demo, hf, dev and docs extras on first use.
+# Both create .venv and install torchship with its demo, hf, dev, docs and torchserve extras on first use.
 # `make docs` builds the site into site/ (open site/index.html).
 
 PYTHON ?= python3
@@ -16,7 +16,7 @@ NAME ?= bbc
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,demo,hf,docs]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,demo,hf,docs,torchserve]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -193,6 +193,9 @@ class ServerSettings:
     # ------------------------------------------------------------------ connections
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
     """Largest request body in bytes; a larger one is answered 413 before it is read."""
+    max_response_size: int = DEFAULT_MAX_REQUEST_SIZE
+    """Largest response body in bytes (TorchServe's ``max_response_size``); a larger result is answered
+    500 with the reason instead."""
     max_form_parts: int = 16
     """Most parts in one ``multipart/form-data`` request body (``curl -F``); more is a 400."""
     max_form_part_headers: int = 8
@@ -241,6 +244,25 @@ class ServerSettings:
     model_defaults: ModelSettings = field(default_factory=ModelSettings)
     """Settings for every version registered without its own."""
 
+    # ------------------------------------------------------------------ TorchServe archives
+    model_store: Path | None = None
+    """TorchServe's model store: a folder of ``.mar`` archives (also ``.tar.gz`` ones and unpacked
+    ``no-archive`` model folders). ``models`` serves from it at start, and ``POST /models?url=x.mar``
+    registers from it. Archives are unpacked into ``archive_cache``; the folder itself is only read."""
+    models: tuple[str, ...] = ()
+    """TorchServe's ``--models`` (``load_models``): the archives to serve at start, from ``model_store``:
+    ``all``, ``x.mar``, or ``name=x.mar`` to serve it under another name."""
+    archive_settings: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Per model and version, TorchServe's model settings (``config.properties``' ``models=`` JSON):
+    ``{"bbc": {"1.0": {"batchSize": 8, "maxBatchDelay": 5, "minWorkers": 2, "defaultVersion": true}}}``."""
+    archive_cache: Path | None = None
+    """Where archives are unpacked (one folder per archive content, reused); None: a private folder in
+    the system's temporary directory."""
+    allow_unpickling: bool = False
+    """Let archives load files by full unpickling (``torch.load(..., weights_only=False)``, a pickled
+    ``nn.Module``): such a file runs any code it holds when loaded. Off: ``torch.load`` reads tensors and
+    state dicts only, and an archive that needs more fails to load with a message naming this setting."""
+
     def __post_init__(self) -> None:
         for name in ("inference_port", "management_port", "metrics_port"):
             _check_int(name, getattr(self, name), minimum=0, maximum=65535)
@@ -264,6 +286,8 @@ class ServerSettings:
         _check_int("max_package_files", self.max_package_files, minimum=1)
         if self.store_quota is not None:
             _check_int("store_quota", self.store_quota, minimum=1)
+        _check_int("max_response_size", self.max_response_size, minimum=1, maximum=64 * GiB)
+        _check_archive_settings(self.archive_settings)
         workers = self.model_defaults.workers
         if workers is not None and workers > self.max_workers_per_version:
             raise ConfigError(
@@ -272,12 +296,12 @@ class ServerSettings:
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key: give both (HTTPS) or neither (HTTP)")
-        for name in ("store", "snapshot", "tls_cert", "tls_key"):
+        for name in ("store", "snapshot", "tls_cert", "tls_key", "model_store", "archive_cache"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         object.__setattr__(self, "key_file", Path(self.key_file))
         object.__setattr__(self, "model_roots", tuple(Path(root) for root in self.model_roots))
-        for name in ("cors_allowed_origins", "management_allowed_origins", "allowed_hosts"):
+        for name in ("cors_allowed_origins", "management_allowed_origins", "allowed_hosts", "models"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
@@ -330,6 +354,22 @@ def default_torch_threads(workers: int) -> int:
     and the performance page of the docs, "Threads per worker").
     """
     return max(1, (usable_cores() - 1) // max(1, workers))
+
+
+def _check_archive_settings(value: object) -> None:
+    """``archive_settings`` is ``{model: {version: {key: value}}}`` with string keys (what the keys mean is
+    checked where an archive is registered, so that a mistake names its model)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"archive_settings: expected a JSON object, got {value!r}")
+    for model, versions in value.items():
+        if not isinstance(model, str) or not isinstance(versions, Mapping):
+            raise ConfigError(f"archive_settings: {model!r} must map versions to settings objects")
+        for version, settings in versions.items():
+            if not isinstance(version, str) or not isinstance(settings, Mapping):
+                raise ConfigError(
+                    f"archive_settings: {model}/{version!r} must be an object of settings such as "
+                    '{"batchSize": 8}'
+                )
 
 
 def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
