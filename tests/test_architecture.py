@@ -124,6 +124,20 @@ def test_the_cycle_finder_finds_cycles() -> None:
                 "torch",
             ],
         ),
+        # TorchServe archives: a handler adapter behind the worker contract and the archive files it
+        # loads; the protocols and the server drive it, never the other way round.
+        (
+            "torchship.serving.mar",
+            [
+                "torchship.serving.http",
+                "torchship.serving.protocols",
+                "torchship.serving.server",
+                "torchship.serving.runner",
+                "torchship.serving.apps",
+                "torchship.serving.runtime.registry",
+                "torchship.serving.runtime.versions",
+            ],
+        ),
         # Training, data, models and the store never load the server.
         ("torchship.training", ["torchship.serving"]),
         ("torchship.data", ["torchship.serving"]),
