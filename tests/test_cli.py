@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import lightning  # noqa: F401  (see below)
@@ -293,3 +294,169 @@ def test_train_options_come_from_a_yaml_config(tmp_path: Path) -> None:
     for option in ("log_every_n_steps", "deterministic"):
         assert option in trainer
     assert "callbacks" not in trainer and "logger" not in trainer
+
+
+def test_torchserve_flags_become_the_serve_options_of_the_same_meaning(tmp_path: Path) -> None:
+    from torchship.serving.torchserve_command import torchserve_arguments
+
+    warnings: list[str] = []
+    parsed, command = torchserve_arguments(
+        [
+            "--start",
+            "--model-store=/mnt/models/model-store",  # as KServe's runtime writes them
+            "--ts-config=/mnt/models/config/config.properties",
+            "--models",
+            "a.mar,b=b.mar",
+            "c.mar",
+            "--ncs",
+            "--dt",
+            "--enable-model-api",
+            "--foreground",
+            "--log-config",
+            "log4j2.xml",
+            "--device",  # any `torchship serve` option follows
+            "cpu",
+        ],
+        {},
+        warnings.append,
+    )
+    assert parsed.start and parsed.foreground
+    assert command == [
+        "serve",
+        "--ts_config",
+        "/mnt/models/config/config.properties",
+        "--model_store",
+        "/mnt/models/model-store",
+        "--models",
+        "a.mar",
+        "b=b.mar",
+        "c.mar",
+        "--no_snapshot",
+        "--token_auth",
+        "false",
+        "--allow_code_models",
+        "true",
+        "--device",
+        "cpu",
+    ]
+    assert warnings == [
+        "--log-config log4j2.xml is not read: torchship logs to stderr through Python's logging"
+    ]
+    # TS_CONFIG_FILE wins over --ts-config, as in TorchServe; the space-separated form works too
+    _, command = torchserve_arguments(
+        ["--ts-config", "x.properties", "--model-store", "store"], {"TS_CONFIG_FILE": "env.properties"}, print
+    )
+    assert command == ["serve", "--ts_config", "env.properties", "--model_store", "store"]
+
+
+def test_torchserve_start_reads_the_config_into_serve_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    properties = tmp_path / "config.properties"
+    properties.write_text("inference_address=http://0.0.0.0:8085\nmanagement_address=http://0.0.0.0:8085\n")
+    args = [
+        "torchserve",
+        "--start",
+        f"--model-store={tmp_path}",
+        f"--ts-config={properties}",
+        "--print_config",
+    ]
+    status, out, _ = _run(args, capsys)
+    assert status == 0
+    printed = yaml.safe_load(out)
+    assert (printed["model_store"], printed["inference_address"]) == (str(tmp_path), "http://0.0.0.0:8085")
+    status, _, err = _run(["torchserve", "--start", "--workflow-store", "wf"], capsys)
+    _assert_user_error(status, err, "--workflow-store: torchship serves no workflows")
+    status, out, _ = _run(["torchserve", "--help"], capsys)
+    assert status == 0 and "always runs in the foreground" in out and "--model-store" in out
+
+
+def test_torchserve_stop_says_when_none_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    status, out, _ = _run(["torchserve", "--stop"], capsys)
+    assert status == 0 and out.startswith("torchship torchserve is not running")
+    (tmp_path / f".torchship-torchserve-{os.getuid()}.pid").write_text("999999999\n")  # a stale pid file
+    status, out, _ = _run(["torchserve", "--stop"], capsys)
+    assert status == 0 and out.startswith("torchship torchserve is not running")
+
+
+@pytest.mark.slow
+def test_torchserve_start_serves_and_stop_stops_it(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import queue
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    import time
+
+    import httpx
+
+    properties = tmp_path / "config.properties"
+    properties.write_text(  # KServe's shape: inference and management on one address
+        "inference_address=http://127.0.0.1:0\nmanagement_address=http://127.0.0.1:0\n"
+        "default_workers_per_model=1\ngrpc_inference_port=7070\n"
+    )
+    model_store = tmp_path / "model-store"
+    model_store.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    torchserve = [sys.executable, "-m", "torchship", "torchserve"]
+    start = [
+        *torchserve,
+        "--start",
+        f"--model-store={model_store}",
+        f"--ts-config={properties}",
+        "--store",
+        str(store),
+        "--metrics_port",
+        "0",
+    ]
+    server = subprocess.Popen(
+        start, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    logged: list[str] = []  # stderr, drained as it comes so that the server never blocks on a full pipe
+    threading.Thread(target=lambda: [lines.put(line) for line in server.stdout or ()], daemon=True).start()
+    threading.Thread(target=lambda: logged.extend(server.stderr or ()), daemon=True).start()
+    try:
+        urls: dict[str, str] = {}
+        while True:  # the lines printed once every listener is up, the last one "list models: ..."
+            line = lines.get(timeout=120)
+            if line.startswith("torchship: ") and "http" in line:
+                name, url = line.split()[1:3]
+                urls[name] = url.removesuffix("/metrics")
+            if "list models:" in line:
+                break
+        assert urls["inference"] == urls["management"] != urls["metrics"]
+        key = json.loads((tmp_path / "key_file.json").read_text())["management"]["key"]
+        deadline = time.monotonic() + 120
+        while httpx.get(urls["inference"] + "/ping").json() != {"status": "Healthy"}:  # workers loading
+            assert time.monotonic() < deadline, "the model did not load within 120 s"
+            time.sleep(0.05)  # polling interval: /ping decides
+        assert httpx.get(urls["management"] + "/models").status_code == 401
+        listed = httpx.get(urls["management"] + "/models", headers={"Authorization": f"Bearer {key}"})
+        assert [model["modelName"] for model in listed.json()["models"]] == ["toy"]
+        answer = httpx.post(urls["inference"] + "/predictions/toy", json={"text": "the team won"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the server keeps its pid file
+        status, _, err = _run(["torchserve", "--start", "--store", str(store)], capsys)
+        _assert_user_error(status, err, "torchship torchserve is already running")
+        status, out, _ = _run(["torchserve", "--stop"], capsys)
+        assert (status, out) == (0, "torchship torchserve has stopped.\n")
+        assert server.wait(timeout=60) == 0
+        wait_for_log = time.monotonic() + 10
+        while not any("grpc_inference_port is not honoured" in line for line in logged):
+            assert time.monotonic() < wait_for_log, "".join(logged)
+            time.sleep(0.01)  # the reader thread may not have caught up with the exited process
+        assert not list(tmp_path.glob(".torchship-torchserve-*.pid"))
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

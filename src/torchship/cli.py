@@ -6,6 +6,8 @@
     torchship evaluate --model ./models/bbc:2 --data held_out.csv
     torchship models --store ./models
     torchship serve --store ./models
+    torchship serve --ts_config config.properties --model_store ./model-store --models all
+    torchship torchserve --start --model-store=./model-store --ts-config=config.properties
     torchship key management        # a key of the running server, from its key file
 
 Arguments come from the typed signatures (jsonargparse): ``--model.*`` from :class:`ModelOptions`,
@@ -44,8 +46,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args[:1] == ["torchserve"]:  # TorchServe's flags (--model-store=DIR), not jsonargparse's
+            from torchship.serving.torchserve_command import run_torchserve
+
+            return run_torchserve(args[1:], main)
         only = args[0] if args[:1] in (["serve"], ["key"]) else None
         parser = build_parser(only="key" if args == ["--version"] else only)  # --version: no Lightning
+        if only == "serve":
+            from torchship.serving.command import apply_ts_config
+
+            apply_ts_config(parser, args)
         cfg = parser.parse_args(args)
         return _COMMANDS[cfg.command](cfg[cfg.command])
     except TorchshipError as exc:
@@ -101,6 +111,10 @@ def build_parser(*, only: str | None = None) -> ArgumentParser:
         "models": (_models_parser, "List the models and versions in a store"),
         "serve": (lambda: _serve_parser(load=only == "serve"), "Serve a store over HTTP"),
         "key": (_key_parser, "Print a key of a running server (from its key file)"),
+        "torchserve": (
+            _torchserve_parser,
+            "TorchServe's command line (torchserve --start ...), served by torchship serve",
+        ),
     }
     for name, (build, help_text) in builders.items():
         if only is None or only == name:
@@ -185,6 +199,11 @@ def _serve_parser(*, load: bool) -> ArgumentParser:
 
         add_serve_arguments(parser)
     return parser
+
+
+def _torchserve_parser() -> ArgumentParser:
+    # Only listed here: main() hands `torchship torchserve ...` to its own parser before this one runs.
+    return _subparser("TorchServe's command line; see `torchship torchserve --help`.")
 
 
 def _key_parser() -> ArgumentParser:

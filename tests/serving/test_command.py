@@ -40,6 +40,7 @@ def test_help_lists_every_setting_once_with_its_docstring(capsys: pytest.Capture
     out = capsys.readouterr().out
     listed = Counter(re.findall(r"^  (--\w+)", out, flags=re.M))
     expected = {f"--{setting.name}" for setting in SETTINGS} | {"--config", "--print_config", "--model"}
+    expected.add("--ts_config")
     assert set(listed) == expected
     assert set(listed.values()) == {1}
     assert "--no_snapshot" in out  # use_snapshot's other name, on the same line
@@ -228,3 +229,60 @@ def test_every_kind_of_field_type_reads_from_flags_and_from_a_config_file(tmp_pa
     )
     values = vars(parser.parse_args(["--config", str(config), "--pair", "[3, 4]"]))
     assert {**values, "config": None} == {"config": None, **expected, "pair": (3, 4), "use_cache": False}
+
+
+def test_ts_config_gives_defaults_that_flags_and_config_files_override(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    properties = tmp_path / "config.properties"
+    properties.write_text(
+        "job_queue_size=10\nmax_request_size=1000\ndefault_workers_per_model=3\nload_models=a.mar,b=b.mar\n"
+        "model_store=/mnt/store\ninference_address=http://0.0.0.0:8085\ngrpc_inference_port=7070\n"
+        "vmargs=-Xmx4g\n"
+    )
+    config = tmp_path / "serve.yaml"
+    config.write_text("max_request_size: 2000\n")
+    for flags in (
+        ["--ts_config", str(properties), "--config", str(config), "--job_queue_size", "5"],
+        ["--job_queue_size", "5", f"--ts_config={properties}", "--config", str(config)],  # order is no matter
+    ):
+        assert main(["serve", *flags, "--print_config"]) == 0
+        out, err = capsys.readouterr()
+        printed = yaml.safe_load(out)
+        assert (printed["job_queue_size"], printed["max_request_size"]) == (5, 2000)  # flag, then --config
+        assert (printed["workers"], printed["models"], printed["model_store"]) == (
+            3,
+            ["a.mar", "b=b.mar"],
+            "/mnt/store",
+        )
+        assert printed["inference_address"] == "http://0.0.0.0:8085"
+        assert err.splitlines() == [
+            f"warning: {properties}: grpc_inference_port is not honoured: torchship serves no gRPC API: "
+            "clients use REST (TorchServe's inference API, the Open Inference Protocol v2 under /v2, KServe "
+            "v1 under /v1)",
+            f"note: {properties}: vmargs is not needed: JVM options: torchship runs no JVM",
+        ]
+    # named in a --config file too, and then a key of that file still wins over it
+    config.write_text(f"ts_config: {properties}\njob_queue_size: 7\n")
+    cfg = build_parser(only="serve")
+    from torchship.serving.command import apply_ts_config
+
+    args = ["serve", "--config", str(config)]
+    assert apply_ts_config(cfg, args, {}) is not None
+    settings = serve_settings(cfg.parse_args(args)["serve"])
+    assert (settings.model_defaults.job_queue_size, settings.max_request_size) == (7, 1000)
+    assert settings.models == ("a.mar", "b=b.mar")
+
+
+def test_a_bad_ts_config_is_one_line_naming_the_key_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    properties = tmp_path / "config.properties"
+    properties.write_text('# models\nmodels={"bbc": \n')
+    assert main(["serve", "--ts_config", str(properties), "--store", "s"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config.properties:2: models is not valid JSON") and err.count("\n") == 1
+    assert main(["serve", "--ts_config", str(tmp_path / "none.properties")]) == 2
+    assert "cannot read the TorchServe config" in capsys.readouterr().err

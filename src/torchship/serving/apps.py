@@ -9,17 +9,20 @@ that drive the ``Server``.
 With token authorization on, the management app also serves TorchServe's token API,
 ``GET /token?type=management|inference``. Each app answers ``OPTIONS /`` and ``GET /api-description``
 with the OpenAPI description of its own routes (``protocols/openapi.py``).
+Listeners bound to one address (KServe's TorchServe config puts inference and management on one port)
+serve their apps through one :class:`SharedApp`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from torchship.serving.errors import ErrorResponse
 from torchship.serving.http.auth import Keys
 from torchship.serving.http.edge import Edge
-from torchship.serving.http.routing import App, Request, Response, Route, Router, Scope
+from torchship.serving.http.routing import App, Receive, Request, Response, Route, Router, Scope, Send
 from torchship.serving.protocols import (
     inference_routes,
     kserve_v1_error,
@@ -36,7 +39,7 @@ from torchship.serving.runtime.metrics import CONTENT_TYPE
 if TYPE_CHECKING:
     from torchship.serving.server import Server
 
-__all__ = ["inference_app", "management_app", "metrics_app"]
+__all__ = ["SharedApp", "inference_app", "management_app", "metrics_app"]
 
 
 def inference_app(server: Server, edge: Edge | None = None) -> App:
@@ -72,6 +75,25 @@ def metrics_app(server: Server, edge: Edge | None = None) -> App:
     routes = [Route("GET", "/metrics", metrics)]
     observe = server.metrics.observer("metrics")
     return App(Router(routes + description_routes("metrics", routes)), torchserve_error, edge, observe)
+
+
+class SharedApp:
+    """Several apps on one listener: a request goes to the first app with a route for its path (by any
+    method), whose edge then admits it as on a listener of its own, so management routes still need the
+    management key; a path no app routes goes to the first app, for its 404. Paths every app has
+    (``/api-description``, ``OPTIONS /``) are the first app's."""
+
+    def __init__(self, apps: Sequence[App]) -> None:
+        self.apps = tuple(apps)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            for app in self.apps:
+                if app.router.template(path) is not None:
+                    await app(scope, receive, send)
+                    return
+        await self.apps[0](scope, receive, send)
 
 
 def _inference_error(error: ErrorResponse, scope: Scope) -> Response:

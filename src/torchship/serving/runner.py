@@ -2,13 +2,13 @@
 
 Binding the sockets ourselves lets port 0 work (the OS picks, we read the port back and print it) and
 lets one signal handler stop all three listeners at once. Each listener binds its own address
-(``inference_address`` and friends), speaks HTTPS with ``tls_cert``/``tls_key``, and runs its requests
-through its :class:`~torchship.serving.http.edge.Edge` and its connections through
-:class:`~torchship.serving.http.transport.LimitedHttpToolsProtocol`. The keys are made (and their file
-written) before anything listens, and the file is removed after everything stopped. Shutdown order, on
-SIGTERM/SIGINT or :meth:`ServerRunner.stop`: stop accepting connections, let in-flight requests finish
-(up to ``graceful_timeout``), then drain and stop the workers. A second signal stops without waiting.
-``serve_api`` is what ``ModelAPI.start()`` runs.
+(``inference_address`` and friends; listeners given the same one share its socket), speaks HTTPS with
+``tls_cert``/``tls_key``, and runs its requests through its :class:`~torchship.serving.http.edge.Edge`
+and its connections through :class:`~torchship.serving.http.transport.LimitedHttpToolsProtocol`. The
+keys are made (and their file written) before anything listens, and the file is removed after everything
+stopped. Shutdown order, on SIGTERM/SIGINT or :meth:`ServerRunner.stop`: stop accepting connections, let
+in-flight requests finish (up to ``graceful_timeout``), then drain and stop the workers. A second signal
+stops without waiting. ``serve_api`` is what ``ModelAPI.start()`` runs.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Any
 import uvicorn
 
 from torchship.errors import ConfigError
-from torchship.serving.apps import inference_app, management_app, metrics_app
+from torchship.serving.apps import SharedApp, inference_app, management_app, metrics_app
 from torchship.serving.handler import ModelAPI
-from torchship.serving.http.addresses import Address, listener_addresses
+from torchship.serving.http.addresses import Address, listener_addresses, listener_groups
 from torchship.serving.http.auth import ENVIRONMENT, Keys, guards, inference_key_required
 from torchship.serving.http.edge import build_edges
 from torchship.serving.http.routing import App
@@ -83,14 +83,14 @@ class ServerRunner:
             }
             # Certificates and ports are checked before any model loads: a mistake there fails at once.
             listeners = [
-                (name, self._config(name, app, addresses[name]), addresses[name])
-                for name, app in apps.items()
+                (names, self._config(names[0], _app(apps, names), addresses[names[0]]), addresses[names[0]])
+                for names in listener_groups(settings, addresses)
             ]
-            for name, _, address in listeners:
-                self._unused_sockets.append(_bind(address.host, address.port, name))
+            for names, _, address in listeners:
+                self._unused_sockets.append(_bind(address.host, address.port, names[0]))
             await self.server.load_initial()
-            for (name, config, address), sock in zip(listeners, list(self._unused_sockets), strict=True):
-                await self._listen(name, config, address, sock)
+            for (names, config, address), sock in zip(listeners, list(self._unused_sockets), strict=True):
+                await self._listen(names, config, address, sock)
             if self.handle_signals and threading.current_thread() is threading.main_thread():
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     self._loop.add_signal_handler(signum, self._on_signal)
@@ -121,7 +121,7 @@ class ServerRunner:
     def _on_signal(self) -> None:
         self.stop(force=self._stop is not None and self._stop.is_set())
 
-    def _config(self, name: str, app: App, address: Address) -> uvicorn.Config:
+    def _config(self, name: str, app: App | SharedApp, address: Address) -> uvicorn.Config:
         settings = self.server.settings
         tls = settings.tls_cert is not None and address.tls
         config = uvicorn.Config(
@@ -154,13 +154,16 @@ class ServerRunner:
             ) from exc
         return config
 
-    async def _listen(self, name: str, config: uvicorn.Config, address: Address, sock: socket.socket) -> None:
+    async def _listen(
+        self, names: tuple[str, ...], config: uvicorn.Config, address: Address, sock: socket.socket
+    ) -> None:
         uv = uvicorn.Server(config)
         uv.lifespan = config.lifespan_class(config)  # what uvicorn's serve() sets up; lifespan is off
         await uv.startup(sockets=[sock])
         self._unused_sockets.remove(sock)
         self._uvicorns.append((uv, sock))
-        self.server.urls[name] = address.url(sock.getsockname()[1])
+        for name in names:
+            self.server.urls[name] = address.url(sock.getsockname()[1])
 
     async def _shutdown(self) -> None:
         self.server.registry.begin_shutdown()  # no worker replaced while the requests in flight finish
@@ -178,6 +181,11 @@ class ServerRunner:
         ):
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._loop.remove_signal_handler(signum)
+
+
+def _app(apps: dict[str, App], names: tuple[str, ...]) -> App | SharedApp:
+    """The app of a listener, or one app over the apps of listeners that share an address."""
+    return apps[names[0]] if len(names) == 1 else SharedApp([apps[name] for name in names])
 
 
 def _bind(host: str, port: int, name: str) -> socket.socket:

@@ -5,7 +5,8 @@
     >>> parse_address("127.0.0.1", default_port=8081, name="management", tls_default=False)
     Address(host='127.0.0.1', port=8081, tls=False)
 
-Pure: no sockets. The listeners bind what :func:`listener_addresses` returns.
+Pure: no sockets. The listeners bind what :func:`listener_addresses` returns, one socket per group of
+:func:`listener_groups` (KServe's TorchServe config puts inference and management on one port).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 from torchship.errors import ConfigError
 from torchship.serving.settings import ServerSettings
 
-__all__ = ["LISTENERS", "Address", "is_loopback", "listener_addresses", "parse_address"]
+__all__ = ["LISTENERS", "Address", "is_loopback", "listener_addresses", "listener_groups", "parse_address"]
 
 LISTENERS = ("inference", "management", "metrics")
 
@@ -99,3 +100,24 @@ def listener_addresses(settings: ServerSettings) -> dict[str, Address]:
             )
         addresses[name] = address
     return addresses
+
+
+def listener_groups(settings: ServerSettings, addresses: dict[str, Address]) -> list[tuple[str, ...]]:
+    """The listeners that share one socket, in :data:`LISTENERS` order: those on the same host and port.
+
+    As in TorchServe, two ``*_address`` settings that say the same host and port share it even at port 0
+    (one free port for both); a port 0 from ``*_port`` is a free port of that listener's own. Listeners on
+    one socket speak the same scheme (a :class:`ConfigError` otherwise)."""
+    groups: dict[tuple[str, int] | str, list[str]] = {}
+    for name in LISTENERS:
+        address = addresses[name]
+        own_free_port = address.port == 0 and getattr(settings, f"{name}_address") is None
+        key: tuple[str, int] | str = name if own_free_port else (address.host.lower(), address.port)
+        group = groups.setdefault(key, [])
+        if group and addresses[group[0]].tls != address.tls:
+            raise ConfigError(
+                f"{group[0]}_address and {name}_address share {address.host}:{address.port}, but only one "
+                "speaks HTTPS; give them the same scheme or different ports"
+            )
+        group.append(name)
+    return [tuple(group) for group in groups.values()]
