@@ -75,6 +75,11 @@ class ModelAPI:
     """None: decide from the code of ``inference``; True: the server calls only ``inference``; False: the
     server calls ``preprocess``, ``inference`` and ``postprocess`` in turn."""
 
+    wants_request_meta: ClassVar[bool] = False
+    """True: each request reaches the worker with its headers, query parameters and form parts, for a class
+    with a ``handle_requests(requests)`` method that answers raw requests itself (TorchServe archives'
+    handlers read them). False (the default): only the content type and body, which costs nothing more."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         own = cls.__dict__.get("preprocess")

@@ -67,6 +67,8 @@ class Response:
 
     async def send(self, send: Send) -> None:
         headers = [(b"content-type", self.content_type), (b"content-length", b"%d" % len(self.body))]
+        if not self.content_type:  # TorchServe sends none when its handler set none
+            del headers[0]
         headers.extend(self.headers)
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})

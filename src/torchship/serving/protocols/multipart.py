@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -27,13 +28,15 @@ from torchship.serving.settings import ServerSettings
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
-__all__ = ["FormLimits", "FormPart", "form_input", "is_form"]
+__all__ = ["FormLimits", "FormPart", "form_input", "form_parameters", "is_form"]
 
 # The parser logs a warning for every malformed body it meets; the client already gets a 400 naming the
 # problem, and a warning per request would let any client flood the server's log.
 logging.getLogger("python_multipart.multipart").setLevel(logging.ERROR)
 
 _MEDIA = "multipart/form-data"
+_URLENCODED = "application/x-www-form-urlencoded"
+_FILE_TYPE = "application/octet-stream"  # Netty's type for a file part that names none
 _INPUT_FIELDS = ("data", "body")  # TorchServe's handlers read row.get("data") or row.get("body")
 _USAGE = "send the input as a part named data (curl -F data=@file.txt) or body, or as a file part"
 
@@ -76,6 +79,37 @@ def form_input(content_type: str, body: bytes, limits: FormLimits) -> tuple[str,
         names = ", ".join(repr(part.name[:40]) for part in parts[:10]) or "none"
         raise UserInputError(f"The multipart/form-data body has no input part (parts: {names}); {_USAGE}")
     return chosen.content_type, chosen.body
+
+
+def form_parameters(
+    content_type: str, body: bytes, limits: FormLimits
+) -> list[tuple[str, str, bytes]] | None:
+    """Every field of a ``multipart/form-data`` or ``application/x-www-form-urlencoded`` body as
+    ``(name, content_type, bytes)``, in order, as TorchServe's frontend makes request parameters of them:
+    a plain field has no content type (``""``), a file part its own media type (without parameters), or
+    ``application/octet-stream``. None when the body is not a form; 400 when it is a malformed one."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == _MEDIA:
+        return [
+            (part.name, "" if part.filename is None else _media_type(part.content_type), part.body)
+            for part in parse_form(content_type, body, limits)
+        ]
+    if media != _URLENCODED:
+        return None
+    try:
+        fields = parse_qsl(
+            body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=limits.max_parts
+        )
+    except ValueError:
+        raise UserInputError(
+            f"The application/x-www-form-urlencoded body has more than max_form_parts={limits.max_parts} "
+            "fields; send fewer"
+        ) from None
+    return [(name, "", value.encode("utf-8")) for name, value in fields]
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip() or _FILE_TYPE
 
 
 def parse_form(content_type: str, body: bytes, limits: FormLimits) -> list[FormPart]:

@@ -10,9 +10,13 @@ default to the latest version left (TorchServe refuses with 403).
 from __future__ import annotations
 
 import json
+import logging
+import re
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from torchship.errors import TorchshipError, UserInputError
 from torchship.serving.errors import ErrorResponse
@@ -20,7 +24,7 @@ from torchship.serving.http.auth import Keys
 from torchship.serving.http.routing import JSON, Request, Response, Route, Scope, json_response
 from torchship.serving.json_body import parse_json
 from torchship.serving.protocols.describe import describe, paginate
-from torchship.serving.protocols.multipart import FormLimits, form_input, is_form
+from torchship.serving.protocols.multipart import FormLimits, form_input, form_parameters, is_form
 from torchship.serving.protocols.params import parse_bool, parse_float, parse_int
 from torchship.serving.server import Registration, Server
 from torchship.serving.workers.batch import Outcome
@@ -34,6 +38,8 @@ __all__ = [
     "torchserve_error",
 ]
 
+logger = logging.getLogger("torchship.serving")
+
 _CONTENT_TYPES: dict[str, bytes] = {}
 
 
@@ -44,6 +50,7 @@ def inference_routes(server: Server) -> list[Route]:
     ``multipart/form-data`` form whose ``data`` or ``body`` part, else first file part, is the input.
     """
     form_limits = FormLimits.of(server.settings)
+    max_response_size = server.settings.max_response_size
 
     async def ping(request: Request) -> Response:
         health = server.health()
@@ -57,14 +64,19 @@ def inference_routes(server: Server) -> list[Route]:
             body = await request.body(server.settings.max_request_size)
             served = server.registry.reroute(served, version)  # unregistered while the body arrived?
             content_type = request.header(b"content-type").decode("latin-1")
-            if is_form(content_type):
-                content_type, body = form_input(content_type, body, form_limits)
-            outcome = await served.submit(content_type, body)
+            if served.wants_request_meta:  # a TorchServe handler: the whole request, as its frontend sends it
+                meta = request_meta(request, content_type, body, form_limits)
+                outcome = await served.submit(content_type, body, meta)
+            else:
+                if is_form(content_type):
+                    content_type, body = form_input(content_type, body, form_limits)
+                outcome = await served.submit(content_type, body)
         except TorchshipError as exc:
             served.metrics.request_done(exc.status, time.perf_counter() - start)
             raise
-        served.metrics.request_done(outcome.status, time.perf_counter() - start)
-        return outcome_response(outcome)
+        response = outcome_response(outcome, max_response_size)
+        served.metrics.request_done(response.status, time.perf_counter() - start)
+        return response
 
     return [
         Route("GET", "/ping", ping),
@@ -75,16 +87,101 @@ def inference_routes(server: Server) -> list[Route]:
     ]
 
 
-def outcome_response(outcome: Outcome) -> Response:
-    """A worker's outcome as TorchServe answers it: the body as is, or the error body."""
-    if outcome.error_type:
+def request_meta(request: Request, content_type: str, body: bytes, limits: FormLimits) -> dict[str, Any]:
+    """What a TorchServe handler reads beside the body (see :mod:`~torchship.serving.workers.child`): the
+    request headers (names lower-case), the query parameters, and every form field (None: not a form)."""
+    return {
+        "headers": [
+            (key.decode("latin-1"), value.decode("latin-1")) for key, value in request.scope["headers"]
+        ],
+        "query": parse_qsl(request.scope["query_string"].decode("utf-8", "replace"), keep_blank_values=True),
+        "parts": form_parameters(content_type, body, limits),
+    }
+
+
+def outcome_response(outcome: Outcome, max_size: int = sys.maxsize) -> Response:
+    """A worker's outcome as TorchServe answers it: the body as is (with the headers the handler set), or
+    the error body; a body over ``max_size`` (``max_response_size``) is a 500 instead."""
+    status, content_type, body, error_type, headers = outcome  # one unpacking: this runs per request
+    if error_type:
+        return torchserve_error(ErrorResponse(status, error_type, body.decode("utf-8")))
+    if headers or len(body) > max_size:
+        return _checked_response(outcome, max_size)
+    encoded = _CONTENT_TYPES.get(content_type)
+    if encoded is None:
+        encoded = _CONTENT_TYPES[content_type] = content_type.encode("latin-1")
+    return Response(status, body, encoded)
+
+
+def _checked_response(outcome: Outcome, max_size: int) -> Response:
+    if len(outcome.body) > max_size:
         return torchserve_error(
-            ErrorResponse(outcome.status, outcome.error_type, outcome.body.decode("utf-8"))
+            ErrorResponse(
+                500,
+                "InternalServerException",
+                f"The model's response is {len(outcome.body)} bytes, more than max_response_size={max_size}; "
+                "raise max_response_size (--max_response_size, or config.properties) or return less",
+            )
         )
-    content_type = _CONTENT_TYPES.get(outcome.content_type)
-    if content_type is None:
-        content_type = _CONTENT_TYPES[outcome.content_type] = outcome.content_type.encode("latin-1")
-    return Response(outcome.status, outcome.body, content_type)
+    content_type = outcome.content_type.encode("latin-1")
+    return Response(outcome.status, outcome.body, content_type, handler_headers(outcome.headers))
+
+
+MAX_HANDLER_HEADERS = 32
+"""Most response headers a handler may set on one response; further ones are dropped."""
+MAX_HANDLER_HEADER_SIZE = 8192
+"""Most bytes (name and value together) of one response header a handler sets; a longer one is dropped."""
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_NOT_HANDLERS = frozenset(  # hop-by-hop, framing, and what the server itself sets
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-type",
+        "date",
+        "server",
+    }
+)
+_warned_headers: set[str] = set()
+
+
+def handler_headers(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """The response headers a handler set that may be sent: a token name, a value without CR, LF or NUL,
+    encodable as Latin-1, not a hop-by-hop or framing header, at most :data:`MAX_HANDLER_HEADERS` of at
+    most :data:`MAX_HANDLER_HEADER_SIZE` bytes. Others are dropped, with one warning per header name."""
+    sent: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        reason = _header_problem(name, value, len(sent))
+        if reason is None:
+            sent.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+        elif len(_warned_headers) < MAX_HANDLER_HEADERS and name[:64] not in _warned_headers:
+            _warned_headers.add(name[:64])
+            logger.warning("a handler's response header %r is not sent: %s", name[:64], reason)
+    return tuple(sent)
+
+
+def _header_problem(name: str, value: str, count: int) -> str | None:
+    if count >= MAX_HANDLER_HEADERS:
+        return f"more than MAX_HANDLER_HEADERS={MAX_HANDLER_HEADERS} headers"
+    if not isinstance(name, str) or not isinstance(value, str) or not _TOKEN.fullmatch(name):
+        return "its name is not an HTTP token or its value is not a string"
+    if name.lower() in _NOT_HANDLERS:
+        return "the server sets it"
+    if len(name) + len(value) > MAX_HANDLER_HEADER_SIZE:
+        return f"longer than MAX_HANDLER_HEADER_SIZE={MAX_HANDLER_HEADER_SIZE} bytes"
+    if any(char in value for char in "\r\n\0"):
+        return "its value holds CR, LF or NUL"
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return "its value is not Latin-1 text"
+    return None
 
 
 def management_routes(server: Server) -> list[Route]:

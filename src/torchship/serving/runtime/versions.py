@@ -51,6 +51,9 @@ class VersionSpec:
     url: str
     handler: str
     loaded_at_startup: bool = False
+    shown_handler: str | None = None
+    """The handler ``GET /models/{m}`` shows (a TorchServe archive's, from its manifest); None:
+    ``handler``."""
 
 
 @dataclass(eq=False, slots=True)
@@ -61,6 +64,7 @@ class Job:
     body: bytes
     future: asyncio.Future[Outcome]
     arrival: float
+    meta: Any = None  # headers, query and form parts, for a version whose api wants them
 
 
 @dataclass(eq=False)
@@ -93,6 +97,8 @@ class ServedVersion:
             on_load_failure=self._on_load_failure,
         )
         self._running: dict[int, _Running] = {}
+        self.wants_request_meta = type(spec.api).wants_request_meta
+        """Whether :meth:`submit` should get the request's headers, query and form parts (``meta``)."""
         self._batch_ids = itertools.count()
         self._dispatch_pending = False
         # One timer at a time for each purpose, with its due time kept here: uvloop returns a plain Handle
@@ -107,9 +113,11 @@ class ServedVersion:
         """Called when a worker becomes ready, is lost or fails to load (the registry picks the default)."""
 
     # ----------------------------------------------------------------------------------- requests
-    def submit(self, content_type: str, body: bytes) -> asyncio.Future[Outcome]:
+    def submit(self, content_type: str, body: bytes, meta: Any = None) -> asyncio.Future[Outcome]:
         """Queue one request; the future resolves to its :class:`Outcome`. Raises 503 errors at once, and a
-        404 once the version is unregistered (callers route again first: ``Registry.reroute``)."""
+        404 once the version is unregistered (callers route again first: ``Registry.reroute``). ``meta``
+        (see :mod:`~torchship.serving.workers.child`) reaches the worker only when
+        :attr:`wants_request_meta`."""
         if self.retired:
             raise VersionNotFoundError(f"Model version: {self.version} does not exist for model: {self.name}")
         if self._pool.target == 0:
@@ -122,7 +130,7 @@ class ServedVersion:
                 "job_queue_size; retry later, or add workers or raise job_queue_size",
                 retry_after=self._retry_after(),
             )
-        job = Job(content_type, body, self._loop.create_future(), self._loop.time())
+        job = Job(content_type, body, self._loop.create_future(), self._loop.time(), meta)
         self._batcher.add(job, len(body), job.arrival)
         if not self._dispatch_pending:
             self._dispatch_pending = True
@@ -175,7 +183,10 @@ class ServedVersion:
         self._running[batch_id] = _Running(worker, batch.items, timer)
         # Never blocks: what the pipe does not take at once is written as the worker reads it. A worker
         # that is gone fails the batch through its exit.
-        worker.run(batch_id, [(job.content_type, job.body) for job in batch.items])
+        if self.wants_request_meta:
+            worker.run(batch_id, [(job.content_type, job.body, job.meta) for job in batch.items])
+        else:
+            worker.run(batch_id, [(job.content_type, job.body) for job in batch.items])
 
     def _wake_at(self, when: float) -> None:
         if self._wake is not None and self._wake[0] <= when:
@@ -221,7 +232,16 @@ class ServedVersion:
         self._dispatch()
         self._serving_changed()
 
-    def _on_done(self, worker: WorkerProcess, batch_id: int, seconds: float, outcomes: list[Any]) -> None:
+    def _on_done(
+        self,
+        worker: WorkerProcess,
+        batch_id: int,
+        seconds: float,
+        outcomes: list[Any],
+        metric_updates: list[Any] | None = None,
+    ) -> None:
+        if metric_updates:
+            self.metrics.handler_updates(metric_updates)
         running = self._running.pop(batch_id, None)
         if running is None:
             return  # answered already (timed out); the worker is being killed

@@ -39,12 +39,15 @@ _UNDESCRIBABLE = b"Internal server error; the server log has the details."
 
 
 class Outcome(NamedTuple):
-    """One request's answer. On success ``error_type`` is empty; on failure ``body`` is the message."""
+    """One request's answer. On success ``error_type`` is empty; on failure ``body`` is the message.
+    ``headers`` are extra response headers a handler set (TorchServe's ``context.set_response_header``);
+    an empty ``content_type`` sends no ``Content-Type`` (TorchServe's answer when its handler set none)."""
 
     status: int
     content_type: str
     body: bytes
     error_type: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def decode_payload(content_type: str, body: bytes) -> Any:
@@ -88,8 +91,14 @@ def error_outcome(exc: BaseException) -> Outcome:
         return Outcome(500, JSON, _UNDESCRIBABLE, "InternalServerException")
 
 
-def run_batch(api: ModelAPI, requests: Sequence[tuple[str, bytes]]) -> list[Outcome]:
-    """Run ``requests`` (content type, body) through ``api`` and return one outcome per request."""
+def run_batch(api: ModelAPI, requests: Sequence[tuple[Any, ...]]) -> list[Outcome]:
+    """Run ``requests`` (content type, body) through ``api`` and return one outcome per request.
+
+    An api with a ``handle_requests(requests)`` method (``TorchServeArchiveAPI``) gets the requests as they
+    came, ``(content_type, body[, meta])``, and answers them itself, one outcome each."""
+    handle_requests = getattr(api, "handle_requests", None)
+    if handle_requests is not None:
+        return _handled(api, handle_requests, requests)
     outcomes: list[Outcome | None] = [None] * len(requests)
     payloads: list[Any] = []
     positions: list[int] = []
@@ -104,6 +113,24 @@ def run_batch(api: ModelAPI, requests: Sequence[tuple[str, bytes]]) -> list[Outc
     for position, outcome in zip(positions, _predict(api, payloads), strict=True):
         outcomes[position] = outcome
     return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _handled(api: ModelAPI, handle_requests: Any, requests: Sequence[tuple[Any, ...]]) -> list[Outcome]:
+    """The outcomes of an api that answers its requests itself; what it raises fails the whole batch."""
+    try:
+        outcomes = list(handle_requests(list(requests)))
+    except _EXITS:
+        raise
+    except BaseException as exc:
+        _log_failure(api, exc)
+        return [error_outcome(exc)] * len(requests)
+    if len(outcomes) != len(requests):
+        error = HandlerError(
+            f"{type(api).__name__}.handle_requests answered {len(outcomes)} outcome(s) for "
+            f"{len(requests)} request(s)"
+        )
+        return [error_outcome(error)] * len(requests)
+    return outcomes
 
 
 def _predict(api: ModelAPI, payloads: list[Any]) -> list[Outcome]:

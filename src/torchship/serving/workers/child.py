@@ -5,7 +5,13 @@ Messages are tuples of plain values (never pickled exception objects):
     server → worker   ("run", batch_id, [(content_type, body), ...])   or   ("stop",)
     worker → server   ("ready", pid, device)                            device as str, e.g. "cuda:0"
                       ("failed", error_type, message)                   loading failed; the worker exits
-                      ("done", batch_id, seconds, [(status, content_type, body, error_type), ...])
+                      ("done", batch_id, seconds, [(status, content_type, body, error_type, headers), ...]
+                       [, metric_updates])
+
+A version whose api class has ``wants_request_meta`` gets ``(content_type, body, meta)`` requests instead,
+meta = ``{"headers": [(name, value), ...], "query": [(key, value), ...], "parts": [(name, content_type,
+bytes), ...] or None}``. An api with ``take_metric_updates()`` (a TorchServe handler's ``context.metrics``)
+adds the updates its batch made to ``"done"`` as plain tuples, when there are any.
 
 The worker ignores SIGINT and SIGTERM: Ctrl+C, and the SIGTERM that systemd and Kubernetes send, reach the
 whole process group, and the server, not the worker, decides when in-flight batches are finished (it
@@ -78,6 +84,7 @@ def worker_main(pickled_api: bytes, conn: Connection, torch_threads: int, slot: 
         conn.send(("failed", kind, f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", os.getpid(), str(api.device)))
+    take_metric_updates: Callable[[], list[Any]] | None = getattr(api, "take_metric_updates", None)
     trim = _allocator_trim()
     trimmed_at = time.monotonic()
     while True:
@@ -93,8 +100,11 @@ def worker_main(pickled_api: bytes, conn: Connection, torch_threads: int, slot: 
         _, batch_id, requests = message
         start = time.perf_counter()
         outcomes = _run(api, requests)
+        done: tuple[Any, ...] = ("done", batch_id, time.perf_counter() - start, outcomes)
+        if take_metric_updates is not None:
+            done += _metric_updates(take_metric_updates)
         try:
-            conn.send(("done", batch_id, time.perf_counter() - start, outcomes))
+            conn.send(done)
         except (EOFError, OSError):
             return
         except Exception as exc:  # MemoryError for results too large to pickle: answer the batch still
@@ -129,7 +139,17 @@ def _allocator_trim() -> Callable[[], None] | None:
     return trim
 
 
-def _run(api: ModelAPI, requests: list[tuple[str, bytes]]) -> list[tuple[Any, ...]]:
+def _metric_updates(take: Callable[[], list[Any]]) -> tuple[list[Any], ...]:
+    """``(updates,)`` to add to a "done" message, or ``()`` when there are none or they cannot be read."""
+    try:
+        updates = take()
+    except Exception as exc:  # a metric the handler broke must not fail the batch it answered
+        logger.error("could not read the handler's metric updates", exc_info=exc)
+        return ()
+    return (updates,) if updates else ()
+
+
+def _run(api: ModelAPI, requests: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """The batch's outcomes as plain tuples; whatever escapes :func:`run_batch` fails the whole batch."""
     try:
         return [tuple(outcome) for outcome in run_batch(api, requests)]

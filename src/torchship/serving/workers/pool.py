@@ -41,7 +41,7 @@ class WorkerPool:
         version: str,
         *,
         on_ready: Callable[[], None],
-        on_done: Callable[[WorkerProcess, int, float, list[Any]], None],
+        on_done: Callable[[WorkerProcess, int, float, list[Any], list[Any] | None], None],
         on_lost: Callable[[WorkerProcess], None],
         on_load_failure: Callable[[str], None],
     ) -> None:
@@ -168,7 +168,10 @@ class WorkerPool:
     def _on_message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "done":
-            self._on_done(worker, message[1], message[2], message[3])
+            # The 5th element, when there, is the handler's metric updates (see workers/child.py).
+            self._on_done(
+                worker, message[1], message[2], message[3], message[4] if len(message) > 4 else None
+            )
         elif kind == "ready" and worker.state is WorkerState.STARTING:  # not when asked to stop meanwhile
             _cancel(self._startup_timers.pop(worker, None))
             worker.state = WorkerState.READY

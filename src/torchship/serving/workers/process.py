@@ -131,8 +131,10 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._started else None
 
-    def run(self, batch_id: int, requests: list[tuple[str, bytes]]) -> None:
-        """Send a batch; the worker must be READY. Its answer arrives as a ``("done", ...)`` message."""
+    def run(self, batch_id: int, requests: list[tuple[Any, ...]]) -> None:
+        """Send a batch of ``(content_type, body)`` requests, or ``(content_type, body, meta)`` ones for an
+        api that wants them (see :mod:`~torchship.serving.workers.child`); the worker must be READY. Its
+        answer arrives as a ``("done", ...)`` message."""
         self.state = WorkerState.BUSY
         self.batch_id = batch_id
         self._channel.send(("run", batch_id, requests))
