@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torchship.devices import resolve_device
-from torchship.errors import ConfigError, NotFoundError, UserInputError
+from torchship.errors import ConfigError, NotFoundError, TorchshipError, UserInputError
 from torchship.serving.handler import ModelAPI
+from torchship.serving.mar.handler import TorchServeArchiveAPI
+from torchship.serving.mar.model_config import model_yaml_settings, torchserve_model_settings
 from torchship.serving.runtime.metrics import Metrics
 from torchship.serving.runtime.package_files import RegistrationLimits
 from torchship.serving.runtime.registry import Registry
@@ -61,8 +64,17 @@ class Server:
             {api.name: type(api) for api in apis},
             limits=RegistrationLimits.of(settings),
             allow_code_models=settings.allow_code_models,
+            model_store=settings.model_store,
+            archive_cache=settings.archive_cache,
+            archive_api=TorchServeArchiveAPI,
+            allow_unpickling=settings.allow_unpickling,
         )
         self.urls: dict[str, str] = {}
+        # Where each archive version's handler object was unpacked from, for the snapshot. Keyed by the
+        # object, so a registration that fails (a name and version already served) changes no record.
+        self._archives: weakref.WeakKeyDictionary[ModelAPI, _ArchiveOrigin] = weakref.WeakKeyDictionary()
+        # Default versions the archive settings ask for at start (TorchServe's defaultVersion).
+        self._archive_defaults: dict[str, str] = {}
         self._apis = list(apis)
         self._packages = list(packages)
         # Store versions the server has decided about (served, or unregistered since): the snapshot records
@@ -80,7 +92,10 @@ class Server:
             if any(s.name == spec.api.name and s.version == spec.version for s in registered):
                 continue
             registered.append(await self.registry.register(spec, workers=workers, synchronous=False))
-        for name, version in (snapshot.defaults if snapshot else {}).items():
+        for name, version in [
+            *self._archive_defaults.items(),
+            *(snapshot.defaults if snapshot else {}).items(),
+        ]:
             try:
                 self.registry.set_default(name, version)
             except NotFoundError as exc:  # a default that no longer exists is not worth failing the start for
@@ -125,7 +140,54 @@ class Server:
             specs.append((VersionSpec(api, "1", url, _qualname(type(api)), True), api.settings.worker_count))
         for path in self._packages:
             specs.append((self._spec(self.sources.package(path), defaults, True), defaults.worker_count))
+        from_snapshot = {(spec.api.name, spec.version) for spec, _ in specs}
+        for source in self.sources.startup_archives(self.settings.models):
+            if (source.name, source.version) in from_snapshot:  # the snapshot's record of it wins
+                continue
+            try:
+                settings, is_default = self._archive_settings(source)
+            except TorchshipError as exc:  # one archive's bad settings must not stop the others
+                logger.error("not serving the archive %s: %s", source.url, exc.message)
+                continue
+            if is_default:
+                self._archive_defaults[source.name] = source.version
+            specs.append((self._spec(source, settings, True), settings.worker_count))
         return specs
+
+    def _archive_settings(
+        self, source: Source, registration: Registration | None = None
+    ) -> tuple[ModelSettings, bool]:
+        """An archive's settings as TorchServe 0.12 ranks them, and whether ``defaultVersion`` asks for it
+        to be the default. ModelManager.createModel: ``batch_size``/``max_batch_delay`` given at
+        registration win, then ``model-config.yaml``, then ``config.properties``' ``models=``, then the
+        defaults; the timeouts: ``model-config.yaml``, then ``models=``, then the registration's or the
+        defaults. Workers at start (ModelServer.initModelStore): ``model-config.yaml``'s min/maxWorkers,
+        then ``models=``' minWorkers/maxWorkers, then the default; registered through the API
+        (ApiUtils.handleRegister): ``model-config.yaml``'s, then ``initial_workers``. Keys torchship does
+        not honour are logged by name."""
+        assert source.archive is not None
+        where = f"model {source.name} version {source.version}"
+        entry = dict(self.settings.archive_settings.get(source.name, {}).get(source.version, {}))
+        asked_default = entry.pop("defaultVersion", False)
+        is_default = asked_default is True or str(asked_default).lower() == "true"
+        # ConfigManager.getJsonIntValue: a number at 0 or below there means "not set".
+        entry = {k: v for k, v in entry.items() if not (type(v) is int and v <= 0)}
+        from_properties, ignored = torchserve_model_settings(entry, f"models= ({where})")
+        _log_ignored(ignored, f"config.properties models= for {where}")
+        from_yaml, ignored = model_yaml_settings(source.archive)
+        _log_ignored(ignored, f"model-config.yaml of {where}")
+        defaults = self.settings.model_defaults
+        if registration is None:
+            return defaults.replace(**{**from_properties, **from_yaml}), is_default
+        # Through the API, models= gives no workers (TorchServe reads minWorkers there only at start).
+        from_properties = {k: v for k, v in from_properties.items() if k not in ("workers", "max_workers")}
+        asked = registration.setting_changes()
+        batching: dict[str, Any] = {k: asked[k] for k in ("batch_size", "max_batch_delay") if k in asked}
+        others = {k: v for k, v in asked.items() if k not in batching}
+        if registration.initial_workers is not None:
+            others["workers"] = registration.initial_workers
+        ranked: dict[str, Any] = {**others, **from_properties, **from_yaml, **batching}
+        return defaults.replace(**ranked), is_default
 
     def _restore_all(
         self, entries: Sequence[SnapshotEntry]
@@ -162,6 +224,8 @@ class Server:
         return restored, lost
 
     def _restore(self, entry: SnapshotEntry, workers: int) -> VersionSpec | None:
+        if entry.archive:
+            return self._restore_archive(entry, workers)
         classes = {_qualname(cls): cls for cls in (*BUILTIN_HANDLERS.values(), *self.sources.custom.values())}
         handler = classes.get(current_handler_path(entry.handler))
         if handler is None or (entry.path and not Path(entry.path).exists()):
@@ -194,6 +258,41 @@ class Server:
         )
         return VersionSpec(api, entry.version, entry.url, _qualname(handler), True)
 
+    def _restore_archive(self, entry: SnapshotEntry, workers: int) -> VersionSpec | None:
+        """An archive version from the snapshot, unpacked again from the archive it was registered from."""
+        if entry.by_api and not self.settings.allow_code_models:  # registered while allowed; no longer
+            logger.warning(
+                "snapshot entry %s/%s not restored: it is a TorchServe archive (handler code) registered "
+                "through the management API, and allow_code_models is off",
+                entry.name,
+                entry.version,
+            )
+            return None
+        handler = entry.options.get("handler")
+        try:
+            source = self.sources.archive(
+                Path(entry.archive), entry.name, handler=str(handler) if handler is not None else None
+            )
+        except TorchshipError as exc:
+            logger.warning("snapshot entry %s/%s not restored: %s", entry.name, entry.version, exc.message)
+            return None
+        if source.version != entry.version:
+            logger.warning(
+                "snapshot entry %s/%s not restored: %s now holds version %s",
+                entry.name,
+                entry.version,
+                entry.archive,
+                source.version,
+            )
+            return None
+        settings = dict(entry.settings)
+        settings["workers"] = workers
+        if settings.get("max_workers") is not None:
+            settings["max_workers"] = max(
+                workers, min(settings["max_workers"], self.settings.max_workers_per_version)
+            )
+        return self._spec(source, ModelSettings.from_dict(settings), True, by_api=entry.by_api)
+
     # -------------------------------------------------------------------------------- operations
     async def register(self, registration: Registration) -> tuple[ServedVersion, int]:
         """``POST /models``: resolve the URL (file work off the event loop), then register and start.
@@ -212,14 +311,28 @@ class Server:
                 "scale workers API (PUT /models/{model}?min_worker=N) to add workers later"
             )
         self._check_workers("initial_workers", workers)
-        handler = self._handler_named(registration.handler) if registration.handler is not None else None
-        source = await asyncio.to_thread(self.sources.resolve, registration.url, name, next_version)
-        if handler is not None and handler is not source.handler:
+        # An archive's handler= overrides its manifest's (TorchServe's meaning): it is not a class here.
+        archive_url = self.sources.is_archive_reference(registration.url)
+        handler = None
+        if registration.handler is not None and not archive_url:
+            handler = self._handler_named(registration.handler)
+        source = await asyncio.to_thread(
+            self.sources.resolve,
+            registration.url,
+            name,
+            next_version,
+            handler=registration.handler if archive_url else None,
+        )
+        if source.archive is not None:
+            settings, _ = self._archive_settings(source, registration)
+            workers = settings.worker_count
+            self._check_workers("initial_workers", workers)
+        elif registration.handler is not None and handler is not source.handler:
             raise UserInputError(
                 f"Parameter handler={registration.handler!r} does not match {registration.url}, which is "
                 f"served by {_qualname(source.handler)}; leave handler out to use the model's own"
             )
-        spec = self._spec(source, settings.replace(workers=workers))
+        spec = self._spec(source, settings.replace(workers=workers), by_api=True)
         # Again, now: other registrations may have taken workers while this one resolved off the loop.
         # From here to registry.register's count of the workers nothing awaits, so the cap holds.
         self._check_workers("initial_workers", workers)
@@ -292,6 +405,7 @@ class Server:
                 served.spec.handler,
                 served.target_workers,
                 served.settings.to_dict(),
+                **self._archive_fields(served),
             )
             for served in self.registry.all_versions()
         ]
@@ -303,9 +417,30 @@ class Server:
         known = {name: sorted(versions) for name, versions in sorted(self._known_store.items())}
         write_snapshot(path, Snapshot(entries, defaults, known))
 
-    def _spec(self, source: Source, settings: ModelSettings, loaded_at_startup: bool = False) -> VersionSpec:
-        api = source.handler(model_path=source.path, name=source.name, **settings.to_dict())
-        return VersionSpec(api, source.version, source.url, _qualname(source.handler), loaded_at_startup)
+    def _archive_fields(self, served: ServedVersion) -> dict[str, Any]:
+        """What the snapshot records to unpack an archive version again after a restart."""
+        origin = self._archives.get(served.spec.api)
+        if origin is None:
+            return {}
+        return {"archive": origin.archive, "options": dict(origin.options), "by_api": origin.by_api}
+
+    def _spec(
+        self,
+        source: Source,
+        settings: ModelSettings,
+        loaded_at_startup: bool = False,
+        *,
+        by_api: bool = False,
+    ) -> VersionSpec:
+        api = source.handler(model_path=source.path, name=source.name, **source.options, **settings.to_dict())
+        shown = None
+        if source.archive is not None:
+            shown = str(source.options.get("handler") or source.archive.handler)
+            options = {k: v for k, v in source.options.items() if k == "handler"}
+            self._archives[api] = _ArchiveOrigin(str(source.archive.source.resolve()), options, by_api)
+        return VersionSpec(
+            api, source.version, source.url, _qualname(source.handler), loaded_at_startup, shown
+        )
 
     def _handler_named(self, handler: str) -> type[ModelAPI]:
         """The class ``handler=`` names (a built-in's name, or a known class's ``module:Class``); a 400
@@ -362,6 +497,18 @@ class Registration:
 
 
 @dataclass(frozen=True)
+class _ArchiveOrigin:
+    """Where an archive version was unpacked from (the snapshot re-resolves it after a restart)."""
+
+    archive: str
+    """The archive file or no-archive folder, absolute."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """The handler override, if any (``allow_unpickling`` follows the server's setting at restore)."""
+    by_api: bool = False
+    """Registered through the management API (restored only while allow_code_models is on)."""
+
+
+@dataclass(frozen=True)
 class Health:
     """The server's health: TorchServe's status word, and the default versions that cannot serve."""
 
@@ -391,6 +538,11 @@ def _cannot_serve(served: ServedVersion) -> str | None:
     if served.load_error is not None:
         return f"no worker could load the model: {served.load_error}"
     return "its workers are still loading the model"
+
+
+def _log_ignored(keys: Sequence[str], where: str) -> None:
+    if keys:
+        logger.warning("%s: torchship does not honour %s; ignored", where, ", ".join(sorted(keys)))
 
 
 def _absolute(path: Path | None) -> str:

@@ -48,7 +48,7 @@ def describe(served: ServedVersion, is_default: bool) -> dict[str, Any]:
         "startupTimeout": settings.startup_timeout,
         "loadedAtStartup": served.spec.loaded_at_startup,
         "isDefault": is_default,
-        "handler": served.spec.handler,
+        "handler": served.spec.shown_handler or served.spec.handler,
         "workers": [
             {
                 "id": str(worker.id),

@@ -1,7 +1,8 @@
 """The registry snapshot: what is served, written atomically on every change and read back at start.
 
 The file records each registered version (name, version, where it loads from, its handler, settings and
-worker count), the explicit default versions, and which store versions existed when it was written. On
+worker count; for a TorchServe archive also the archive it was unpacked from, which a restart unpacks
+again), the explicit default versions, and which store versions existed when it was written. On
 restart the same versions come back with the same defaults and workers; store versions published since
 (not in the record) are added, so a model trained while the server was down is served after a restart.
 A version that was unregistered stays unregistered.
@@ -47,6 +48,14 @@ class SnapshotEntry:
     """``module:qualname`` of the ModelAPI class; restored only for built-in or the server's own classes."""
     workers: int
     settings: Mapping[str, Any]
+    archive: str = ""
+    """For a TorchServe archive: the archive file (or no-archive folder) it was unpacked from, absolute;
+    a restart unpacks it again (``path``, in the archive cache, may be gone). Empty for everything else."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """For an archive: its handler override (``{"handler": ...}``), if it was registered with one."""
+    by_api: bool = False
+    """For an archive: registered through the management API, which needed ``allow_code_models``; such a
+    version is not restored while that flag is off. Archives the operator named at start need no flag."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,10 @@ class Snapshot:
         return {
             "format": FORMAT,
             "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "models": [entry.__dict__ | {"settings": dict(entry.settings)} for entry in self.entries],
+            "models": [
+                entry.__dict__ | {"settings": dict(entry.settings), "options": dict(entry.options)}
+                for entry in self.entries
+            ],
             "defaults": self.defaults,
             "store_versions": self.store_versions,
         }

@@ -6,13 +6,21 @@
 * a package directory or a ``.zip`` of one, as a path inside the store root or inside a directory the
   operator allowed with ``--model_roots`` (relative paths are taken from the store root);
 * for a model served by ``ModelAPI.start()``, a model file (TorchScript, ``.pt2``) for a new version,
-  only when the operator allowed it (``allow_code_models``): loading such a file runs code from it.
+  only when the operator allowed it (``allow_code_models``): loading such a file runs code from it;
+* a TorchServe archive (``.mar``, ``.tar.gz``/``.tgz``, or an unpacked ``no-archive`` folder), by its file
+  name in the ``model_store`` as TorchServe takes it, or as a path inside the store, the model store or a
+  ``--model_roots`` directory. An archive holds handler code, so the management API registers one only
+  when the operator allowed code (``allow_code_models``, TorchServe's ``enable_model_api``); the archives
+  the operator names at start (``models``) need no flag. It is unpacked safely into the archive cache
+  (:mod:`torchship.serving.mar.archive`) and served under its manifest's name and version.
 
 Anything else is refused with 400 and the reason: remote URLs (the server never downloads), paths that
 leave the allowed directories through ``..`` or a symlink, packages that contain symlinks. A package
-from outside the store, and every archive, is published into the store as a new version (an archive is
-extracted member by member, refusing absolute names, ``..``, links and oversized contents), so that the
-store stays the record of what is served and the snapshot can find it again after a restart.
+from outside the store, and every ``.zip`` of one, is published into the store as a new version (a
+``.zip`` is extracted member by member, refusing absolute names, ``..``, links and oversized contents), so
+that the store stays the record of what is served and the snapshot can find it again after a restart.
+TorchServe archives are not published: the model store keeps them, and the snapshot records the archive
+each version was unpacked from.
 
 What a registration may cost is bounded by :class:`RegistrationLimits` (the server's settings), checked
 before anything is copied: the archive's size as stored, the package's size and file count (declared
@@ -32,11 +40,27 @@ import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from torchship.errors import NotFoundError, PackageError, UserInputError, VersionExistsError
+from torchship.errors import (
+    ConfigError,
+    NotFoundError,
+    PackageError,
+    TorchshipError,
+    UserInputError,
+    VersionExistsError,
+)
 from torchship.serving.handler import ModelAPI
+from torchship.serving.mar.archive import (
+    ModelArchive,
+    archive_files,
+    default_archive_cache,
+    has_archive_suffix,
+    is_archive,
+    unpack_archive,
+)
 from torchship.serving.runtime.package_files import (
     Budget,
     Manifest,
@@ -63,6 +87,7 @@ logger = logging.getLogger("torchship.serving")
 _STORE_REF = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})(?:[/:]([1-9][0-9]{0,17}))?$")  # < 10**18
 _MAX_PATH = 4096  # PATH_MAX on Linux
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_PYTHON_RUNTIMES = ("python", "python3")
 
 
 @dataclass(frozen=True)
@@ -74,6 +99,11 @@ class Source:
     version: str
     url: str
     handler: type[ModelAPI]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the handler class's constructor besides the path, name and settings (for an
+    archive: the handler override and ``allow_unpickling``)."""
+    archive: ModelArchive | None = None
+    """The TorchServe archive it was unpacked from; None for everything else."""
 
 
 class ModelSources:
@@ -87,12 +117,21 @@ class ModelSources:
         *,
         limits: RegistrationLimits | None = None,
         allow_code_models: bool = False,
+        model_store: Path | None = None,
+        archive_cache: Path | None = None,
+        archive_api: type[ModelAPI] | None = None,
+        allow_unpickling: bool = False,
     ) -> None:
         self.store = store
         self.model_roots = tuple(Path(root).resolve() for root in model_roots)
         self.custom = dict(custom or {})
         self.limits = limits or RegistrationLimits()
         self.allow_code_models = allow_code_models
+        self.model_store = Path(model_store).resolve() if model_store is not None else None
+        self.archive_cache = archive_cache
+        # The class that serves archives, given by the server (the runtime does not import handler code).
+        self.archive_api = archive_api
+        self.allow_unpickling = allow_unpickling
         # One publish at a time: the quota check and the identical-package check must see the store as
         # the copy will leave it (registrations resolve in worker threads).
         self._publishing = threading.Lock()
@@ -119,8 +158,11 @@ class ModelSources:
             version = in_store[1] if in_store else str(config.version)
         return Source(path, name, version, _display(path, self.store), self._handler(name, config.handler))
 
-    def resolve(self, url: str, model_name: str | None, next_version: int) -> Source:
-        """Resolve ``url`` for ``POST /models``. ``next_version`` numbers a model file for a custom model."""
+    def resolve(
+        self, url: str, model_name: str | None, next_version: int, *, handler: str | None = None
+    ) -> Source:
+        """Resolve ``url`` for ``POST /models``. ``next_version`` numbers a model file for a custom model;
+        ``handler`` overrides an archive's own (the caller checks it for anything else)."""
         if not url:
             raise UserInputError("Parameter url is required.")
         if _SCHEME.match(url):
@@ -128,11 +170,19 @@ class ModelSources:
                 f"Cannot register {url}: the server does not download models. Copy the package into the "
                 "store (or a --model_roots directory) and register it by name or path"
             )
+        in_model_store = self._model_store_entry(url)
+        if in_model_store is not None or has_archive_suffix(url):
+            self._check_code_allowed(url)
+            path = in_model_store or self._allowed_path(url, archives=True)
+            return self.archive(path, model_name, handler=handler)
         reference = _STORE_REF.match(url)
         if reference and self.store is not None and self.store.versions(reference[1]):
             version = int(reference[2]) if reference[2] else None
             return self.package(self.store.path(reference[1], version), model_name)
         path = self._allowed_path(url)
+        if path.is_dir() and is_archive(path):  # an unpacked (no-archive) TorchServe model folder
+            self._check_code_allowed(url)
+            return self.archive(path, model_name, handler=handler)
         if path.is_dir():
             return self._from_directory(path, model_name)
         if path.suffix.lower() == ".zip":
@@ -151,8 +201,104 @@ class ModelSources:
             )
         return Source(path, name, str(next_version), str(path), self.custom[name])
 
-    def _allowed_path(self, url: str) -> Path:
+    def is_archive_reference(self, url: str) -> bool:
+        """Whether ``url`` names a TorchServe archive (by its suffix, or an archive in the model store)."""
+        return has_archive_suffix(url) or self._model_store_entry(url) is not None
+
+    def archive(self, path: Path, model_name: str | None, *, handler: str | None = None) -> Source:
+        """A TorchServe archive the server may serve (checked by the caller), unpacked into the cache."""
+        if self.archive_api is None:
+            raise ConfigError(f"Cannot serve {path.name}: this server does not serve TorchServe archives")
+        cache = self.archive_cache if self.archive_cache is not None else default_archive_cache()
+        unpacked = unpack_archive(path, cache, self.limits)
+        if unpacked.runtime.lower() not in _PYTHON_RUNTIMES:
+            raise PackageError(
+                f"Cannot serve {path.name}: its manifest asks for runtime {unpacked.runtime!r}; torchship "
+                "runs archives on Python only (re-archive it with --runtime python)"
+            )
+        options: dict[str, Any] = {"allow_unpickling": self.allow_unpickling}
+        if handler is not None:
+            options["handler"] = handler
+        name = validate_name(model_name or unpacked.name)
+        display = self._archive_display(unpacked.source)
+        return Source(unpacked.path, name, unpacked.version, display, self.archive_api, options, unpacked)
+
+    def startup_archives(self, models: Sequence[str]) -> list[Source]:
+        """The archives ``models`` names (TorchServe's ``--models``: ``all``, ``x.mar``, ``name=x.mar``,
+        paths), each unpacked. One that cannot be served is logged by name; the others still are."""
+        wanted: list[tuple[str | None, str]] = []
+        for item in models:
+            if item.strip().lower() == "all":
+                if self.model_store is None:
+                    logger.error("--models all: no model store is set (--model_store DIR); serving none")
+                    continue
+                try:
+                    wanted += [(None, str(path)) for path in archive_files(self.model_store)]
+                except ConfigError as exc:  # as TorchServe: logged, and the rest of the start goes on
+                    logger.error("--models all: %s", exc.message)
+            elif item.strip():
+                # TorchServe splits at the first "=": name=url, or a url alone.
+                first, equals, rest = item.strip().partition("=")
+                wanted.append((first, rest) if equals else (None, first))
+        sources = []
+        for served_as, url in wanted:
+            try:
+                sources.append(self.archive(self._operator_path(url), served_as))
+            except TorchshipError as exc:  # one archive that cannot be served must not stop the others
+                logger.error("not serving the archive %s: %s", url, exc.message)
+        return sources
+
+    def _operator_path(self, url: str) -> Path:
+        """An archive the operator named at start: a path, relative ones from the model store."""
+        if _SCHEME.match(url):
+            raise UserInputError(
+                f"the server does not download models; copy {url} into the model store and name its file"
+            )
+        path = Path(url).expanduser()
+        if not path.is_absolute() and self.model_store is not None:
+            path = self.model_store / path
+        if not path.exists():
+            where = f"in the model store {self.model_store}" if self.model_store is not None else "here"
+            raise NotFoundError(f"Model not found {where}: {url}")
+        if not is_archive(path):
+            raise UserInputError(
+                f"{url} is not a TorchServe archive (.mar, .tar.gz, .tgz, or a folder with "
+                "MAR-INF/MANIFEST.json)"
+            )
+        return path
+
+    def _model_store_entry(self, url: str) -> Path | None:
+        """The archive ``url`` names in the model store (TorchServe: a url is a file name there), or None."""
+        if self.model_store is None or len(url) > _MAX_PATH or "\x00" in url:
+            return None
+        try:
+            path = (self.model_store / url).resolve()
+            if path.is_relative_to(self.model_store) and path.exists() and is_archive(path):
+                return path
+        except (OSError, ValueError):  # a name too long for the file system: not in the store
+            return None
+        return None
+
+    def _check_code_allowed(self, url: str) -> None:
+        if not self.allow_code_models:
+            raise UserInputError(
+                f"Cannot register {url[:200]}: a TorchServe archive holds handler code that runs when it "
+                "loads, so the management API registers one only when the operator starts the server with "
+                "--allow_code_models (TorchServe's enable_model_api=true). Archives named at start "
+                "(--models) need no flag"
+            )
+
+    def _archive_display(self, source: Path) -> str:
+        """``modelUrl`` as TorchServe shows it: the file name in the model store, else the path."""
+        resolved = source.resolve()
+        if self.model_store is not None and resolved.is_relative_to(self.model_store):
+            return str(resolved.relative_to(self.model_store))
+        return str(resolved)
+
+    def _allowed_path(self, url: str, *, archives: bool = False) -> Path:
         roots = ([self.store.root.resolve()] if self.store is not None else []) + list(self.model_roots)
+        if archives and self.model_store is not None:
+            roots.insert(0, self.model_store)  # an archive's relative path is taken from the model store
         if not roots:
             raise UserInputError(
                 f"Cannot register {url}: the server has no store and no --model_roots, so it loads no paths"
