@@ -66,7 +66,7 @@ class ScriptedHandler(BaseHandler):
 """
 
 ECHO_HANDLER = '''
-"""A module-level handler: reports what it got, and does what the query parameter "do" says."""
+"""A module-level handler: reports what it got, and does what the request header X-Do says."""
 
 import os
 import time
@@ -90,6 +90,8 @@ def _describe(idx, row, data, context):
         "types": {key: type(value).__name__ for key, value in row.items()},
         "values": {key: _plain(value) for key, value in row.items()},
         "custom_header": context.get_request_header(idx, "X-Custom"),
+        "explain": context.get_request_header(idx, "explain"),
+        "url_path": context.get_request_header(idx, "url_path"),
         "lower_header": context.get_request_header(idx, "x-custom"),
         "request_id": bool(context.get_request_id(idx)),
         "system": {key: properties[key] for key in ("model_dir", "gpu_id", "batch_size")},
@@ -100,8 +102,7 @@ def _describe(idx, row, data, context):
     }
 
 
-def _gate(row):
-    path = bytes(row["gate"]).decode()
+def _gate(path):
     open(path + ".started", "w").close()
     deadline = time.monotonic() + 60
     while not os.path.exists(path) and time.monotonic() < deadline:
@@ -114,7 +115,7 @@ def handle(data, context):
         return None
     answers = []
     for idx, row in enumerate(data):
-        do = bytes(row.get("do", b"describe")).decode()
+        do = context.get_request_header(idx, "x-do") or "describe"
         if do == "raise":
             raise PredictionException("teapot", 418)
         if do == "fail":
@@ -136,7 +137,7 @@ def handle(data, context):
             context.metrics.get_metric("EchoSize", MetricTypes.GAUGE).add_or_update(3.5, ["small"])
             answers.append("counted")
         elif do == "gate":
-            answers.append(_gate(row))
+            answers.append(_gate(context.get_request_header(idx, "x-gate")))
         else:
             answers.append(_describe(idx, row, data, context))
     return answers
@@ -250,9 +251,13 @@ def wait_ready(server: Server) -> None:
     wait_until(ready, 240, "the archives' workers to load")
 
 
-def predict(server: Server, model: str, query: str = "", **kwargs: Any) -> httpx.Response:
-    url = f"{server.urls['inference']}/predictions/{model}" + (f"?{query}" if query else "")
-    return httpx.post(url, timeout=60, **kwargs)
+def predict(server: Server, model: str, do: str = "", gate: str = "", **kwargs: Any) -> httpx.Response:
+    """POST to the model; ``do`` (and ``gate``) tell the echo handler what to do, as request headers."""
+    headers = dict(kwargs.pop("headers", {}))
+    headers.update({"X-Do": do} if do else {})
+    headers.update({"X-Gate": gate} if gate else {})
+    url = f"{server.urls['inference']}/predictions/{model}"
+    return httpx.post(url, headers=headers, timeout=60, **kwargs)
 
 
 @pytest.mark.slow
@@ -301,14 +306,17 @@ def test_the_data_has_torchserve_shape(server: Server, archives: dict[str, Path]
 
 
 @pytest.mark.slow
-def test_form_fields_and_query_parameters_arrive_by_name(server: Server) -> None:
-    # curl -F data=@words.txt -F note=value 'http://.../predictions/echo?extra=1'
+def test_form_fields_arrive_by_name_and_query_parameters_do_not(server: Server) -> None:
+    # curl -F data=@words.txt -F note=value 'http://.../predictions/echo?extra=1': TorchServe's
+    # /predictions passes no query parameters to the handler (InferenceRequestHandler.handlePredictions).
     files = {"data": ("words.txt", b"from a file", "text/plain")}
-    response = predict(server, "echo", "extra=1", files=files, data={"note": "value"})
-    described = response.json()
-    assert described["keys"] == ["data", "extra", "note"]
-    assert described["types"] == {"data": "str", "extra": "bytearray", "note": "bytearray"}
-    assert described["values"] == {"data": "from a file", "extra": "1", "note": "value"}
+    url = f"{server.urls['inference']}/predictions/echo?extra=1"
+    described = httpx.post(url, files=files, data={"note": "value"}, timeout=60).json()
+    assert described["keys"] == ["data", "note"]
+    assert described["types"] == {"data": "str", "note": "bytearray"}
+    assert described["values"] == {"data": "from a file", "note": "value"}
+    # The headers TorchServe's frontend adds: BaseHandler reads "explain" to pick explain_handle.
+    assert (described["explain"], described["url_path"]) == ("False", "")
 
     urlencoded = predict(server, "echo", data={"a": "1", "b": "two words"}).json()
     assert urlencoded["values"] == {"a": "1", "b": "two words"}
@@ -316,7 +324,7 @@ def test_form_fields_and_query_parameters_arrive_by_name(server: Server) -> None
 
 @pytest.mark.slow
 def test_status_content_type_and_headers_set_through_the_context(server: Server) -> None:
-    response = predict(server, "echo", "do=status", json={})
+    response = predict(server, "echo", "status", json={})
     assert response.status_code == 201
     assert response.headers["content-type"] == "text/x-made"
     assert response.headers["x-made-by"] == "echo"
@@ -325,20 +333,20 @@ def test_status_content_type_and_headers_set_through_the_context(server: Server)
 
 @pytest.mark.slow
 def test_a_tensor_answer_is_torch_saved(server: Server) -> None:
-    response = predict(server, "echo", "do=tensor", json={})
+    response = predict(server, "echo", "tensor", json={})
     assert response.status_code == 200
     torch.testing.assert_close(torch.load(io.BytesIO(response.content)), torch.tensor([1.5, -2.0]))
 
 
 @pytest.mark.slow
 def test_errors_have_torchserve_codes_and_bodies(server: Server) -> None:
-    teapot = predict(server, "echo", "do=raise", json={})
+    teapot = predict(server, "echo", "raise", json={})
     assert teapot.status_code == 418
     assert teapot.json() == {"code": 418, "type": "InternalServerException", "message": "teapot"}
-    failed = predict(server, "echo", "do=fail", json={})
+    failed = predict(server, "echo", "fail", json={})
     assert failed.status_code == 503
     assert failed.json() == {"code": 503, "type": "InternalServerException", "message": "Prediction failed"}
-    short = predict(server, "echo", "do=short", json={})
+    short = predict(server, "echo", "short", json={})
     assert (short.status_code, short.json()["message"]) == (503, "number of batch response mismatched")
     assert predict(server, "echo", json={}).status_code == 200  # the worker lives on
 
@@ -346,7 +354,7 @@ def test_errors_have_torchserve_codes_and_bodies(server: Server) -> None:
 @pytest.mark.slow
 def test_context_metrics_reach_the_metrics_endpoint(server: Server) -> None:
     for _ in range(2):
-        assert predict(server, "echo", "do=metrics", json={}).content == b"counted"
+        assert predict(server, "echo", "metrics", json={}).content == b"counted"
     host = socket.gethostname()
     labels = {"ModelName": "echo", "Level": "Model", "Hostname": host}
     wait_until(lambda: metric(server, "EchoRequests", **labels) == 2.0, 30, "EchoRequests to reach 2")
@@ -371,16 +379,16 @@ def test_a_batch_of_several_requests_reaches_one_handle_call(server: Server, tmp
     gate = tmp_path / "gate"
     echo = server.registry.get("echo")
     with ThreadPoolExecutor(4) as pool:
-        first = pool.submit(predict, server, "echo", f"do=gate&gate={gate}", json={})
+        first = pool.submit(predict, server, "echo", "gate", str(gate), json={})
         started = tmp_path / "gate.started"
         wait_until(started.exists, 30, "the gated request to run")
-        others = [pool.submit(predict, server, "echo", f"n={n}", json={}) for n in range(3)]
+        others = [pool.submit(predict, server, "echo", json={"n": n}) for n in range(3)]
         wait_until(lambda: echo.pending == 3, 30, "three requests to wait for the busy worker")
         gate.touch()
         assert first.result().content == b"opened"
         answers = [future.result().json() for future in others]
     assert [answer["batch"] for answer in answers] == [3, 3, 3]
-    assert sorted(answer["values"]["n"] for answer in answers) == ["0", "1", "2"]
+    assert sorted(answer["values"]["body"]["n"] for answer in answers) == [0, 1, 2]
 
 
 @pytest.mark.slow
@@ -403,7 +411,7 @@ def test_a_whole_pickled_module_is_refused_without_allow_unpickling(archives: di
 
 @pytest.mark.slow
 def test_streaming_fails_its_request_with_501_naming_it(server: Server) -> None:
-    response = predict(server, "echo", "do=stream", json={})
+    response = predict(server, "echo", "stream", json={})
     assert response.status_code == 501
     assert "streams its answer" in response.json()["message"]
     assert "not support" in response.json()["message"]
@@ -536,3 +544,11 @@ def test_form_fields_become_parameters_as_netty_makes_them() -> None:
         ("b", "", b"two words"),
     ]
     assert form_parameters("application/json", b"{}", FormLimits()) is None
+
+
+@pytest.mark.slow
+def test_explanations_tell_the_handler_to_explain(server: Server) -> None:
+    # POST /explanations/{model}: TorchServe's frontend sets the "explain" header BaseHandler.handle reads.
+    response = httpx.post(f"{server.urls['inference']}/explanations/echo", json={}, timeout=60)
+    assert response.status_code == 200
+    assert response.json()["explain"] == "True"

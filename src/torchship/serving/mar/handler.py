@@ -8,7 +8,7 @@ TorchServe's frontend starts its workers), the model folder and the handler's fo
 
 Each batch runs through ``ts.service.Service.predict``, so everything TorchServe decides in its backend
 is decided by the same code: the request data's shape (a list of dicts, one per request, with a
-``body`` for a plain body, each form field and query parameter by its name; JSON decoded, ``text/*``
+``body`` for a plain body, each form field by its name; JSON decoded, ``text/*``
 decoded, anything else a ``bytearray``), the ``Context`` (manifest, ``system_properties``, request
 headers, ``set_response_status``/``set_response_content_type``/``set_response_header``,
 ``context.metrics``), the errors (``PredictionException``'s code and message, 507 out of resources, 503
@@ -245,11 +245,11 @@ class _Reader:
 
 def _ts_request(request: tuple[Any, ...], request_id: str, decode: bool) -> dict[str, Any]:
     """One request as TorchServe's backend reads it off its socket (``otf_message_handler``): request
-    headers, then the parameters its frontend makes (query parameters, then the form's fields or the body
-    as ``body``), each value decoded as ``_retrieve_input_data`` decodes it."""
+    headers, then the parameters its frontend makes (the form's fields, or the body as ``body``), each
+    value decoded as ``_retrieve_input_data`` decodes it."""
     content_type, body = request[0], request[1]
     meta = request[2] if len(request) > 2 and request[2] is not None else {}
-    parameters = [_parameter(key, "", value.encode("utf-8"), decode) for key, value in meta.get("query", ())]
+    parameters: list[dict[str, Any]] = []
     parts = meta.get("parts")
     if parts is None:
         parameters.append(_parameter("body", _mime_type(content_type), body, decode))

@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl
 
 from torchship.errors import TorchshipError, UserInputError
 from torchship.serving.errors import ErrorResponse
@@ -44,7 +43,8 @@ _CONTENT_TYPES: dict[str, bytes] = {}
 
 
 def inference_routes(server: Server) -> list[Route]:
-    """``GET /ping`` and ``POST``/``PUT /predictions/{model}[/{version}]`` (``curl -T file`` PUTs).
+    """``GET /ping``, ``POST``/``PUT /predictions/{model}[/{version}]`` (``curl -T file`` PUTs) and, for
+    TorchServe handlers, ``POST /explanations/{model}[/{version}]`` (their ``explain_handle``).
 
     The body is the input as is (its ``Content-Type`` tells the handler how to read it), or a
     ``multipart/form-data`` form whose ``data`` or ``body`` part, else first file part, is the input.
@@ -56,16 +56,22 @@ def inference_routes(server: Server) -> list[Route]:
         health = server.health()
         return json_response(health.body(), 500 if health.status == "Unhealthy" else 200)
 
-    async def predict(request: Request) -> Response:
+    async def predict(request: Request, explain: bool = False) -> Response:
         start = time.perf_counter()
         version = request.params.get("version")
         served = server.registry.get(request.params["model"], version)
         try:
+            if explain and not served.wants_request_meta:
+                raise UserInputError(
+                    f"Model {served.name} version {served.version} has no explanations: /explanations calls "
+                    "a TorchServe handler's explain_handle, and this version is served by "
+                    f"{type(served.spec.api).__name__}. Use /predictions/{served.name}"
+                )
             body = await request.body(server.settings.max_request_size)
             served = server.registry.reroute(served, version)  # unregistered while the body arrived?
             content_type = request.header(b"content-type").decode("latin-1")
             if served.wants_request_meta:  # a TorchServe handler: the whole request, as its frontend sends it
-                meta = request_meta(request, content_type, body, form_limits)
+                meta = request_meta(request, content_type, body, form_limits, explain=explain)
                 outcome = await served.submit(content_type, body, meta)
             else:
                 if is_form(content_type):
@@ -78,25 +84,30 @@ def inference_routes(server: Server) -> list[Route]:
         served.metrics.request_done(response.status, time.perf_counter() - start)
         return response
 
+    async def explain(request: Request) -> Response:
+        return await predict(request, explain=True)
+
     return [
         Route("GET", "/ping", ping),
         Route("POST", "/predictions/{model}", predict),
         Route("POST", "/predictions/{model}/{version}", predict),
         Route("PUT", "/predictions/{model}", predict),
         Route("PUT", "/predictions/{model}/{version}", predict),
+        Route("POST", "/explanations/{model}", explain),
+        Route("POST", "/explanations/{model}/{version}", explain),
     ]
 
 
-def request_meta(request: Request, content_type: str, body: bytes, limits: FormLimits) -> dict[str, Any]:
+def request_meta(
+    request: Request, content_type: str, body: bytes, limits: FormLimits, *, explain: bool = False
+) -> dict[str, Any]:
     """What a TorchServe handler reads beside the body (see :mod:`~torchship.serving.workers.child`): the
-    request headers (names lower-case), the query parameters, and every form field (None: not a form)."""
-    return {
-        "headers": [
-            (key.decode("latin-1"), value.decode("latin-1")) for key, value in request.scope["headers"]
-        ],
-        "query": parse_qsl(request.scope["query_string"].decode("utf-8", "replace"), keep_blank_values=True),
-        "parts": form_parameters(content_type, body, limits),
-    }
+    request headers (names lower-case) with the two TorchServe's frontend adds (``url_path``, and
+    ``explain``, which ``BaseHandler`` reads to call ``explain_handle``), and every form field (None: not a
+    form). Like TorchServe's ``/predictions``, no query parameters: they are not the handler's input."""
+    headers = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in request.scope["headers"]]
+    headers += [("url_path", ""), ("explain", "True" if explain else "False")]
+    return {"headers": headers, "parts": form_parameters(content_type, body, limits)}
 
 
 def outcome_response(outcome: Outcome, max_size: int = sys.maxsize) -> Response:
