@@ -89,10 +89,12 @@ _DESCRIPTION: dict[str, Any] = {
 }
 
 
-def _prediction(versioned: bool) -> dict[str, Any]:
+def _prediction(versioned: bool, explain: bool = False) -> dict[str, Any]:
+    target = "a version of a model" if versioned else "a model's default version"
     return {
-        "summary": "Run one request on "
-        + ("a version of a model" if versioned else "a model's default version"),
+        "summary": f"Explain one request on {target} (a TorchServe handler's explain_handle)"
+        if explain
+        else f"Run one request on {target}",
         "parameters": [_MODEL, _VERSION] if versioned else [_MODEL],
         "requestBody": {
             "description": "What the version's handler takes: a text classifier takes "
@@ -281,6 +283,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/predictions/{model}/{version}"): _prediction(True),
     ("PUT", "/predictions/{model}"): _prediction(False),  # curl -T file
     ("PUT", "/predictions/{model}/{version}"): _prediction(True),
+    ("POST", "/explanations/{model}"): _prediction(False, explain=True),
+    ("POST", "/explanations/{model}/{version}"): _prediction(True, explain=True),
     # inference: Open Inference Protocol v2
     ("GET", "/v2/health/live"): {
         "summary": "v2 liveness",
