@@ -552,3 +552,18 @@ def test_explanations_tell_the_handler_to_explain(server: Server) -> None:
     response = httpx.post(f"{server.urls['inference']}/explanations/echo", json={}, timeout=60)
     assert response.status_code == 200
     assert response.json()["explain"] == "True"
+
+
+@pytest.mark.slow
+def test_kserve_v1_and_v2_nest_a_handlers_json_answer_as_json(server: Server) -> None:
+    # The handler sets no content type (TorchServe's way); its json.dumps answer is still JSON to them.
+    base = server.urls["inference"]
+    v1 = httpx.post(f"{base}/v1/models/echo:predict", json={"instances": [{"n": 1}, {"n": 2}]}, timeout=60)
+    assert v1.status_code == 200
+    assert [answer["values"]["body"] for answer in v1.json()["predictions"]] == [{"n": 1}, {"n": 2}]
+    request = {"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1], "data": ["hello"]}]}
+    v2 = httpx.post(f"{base}/v2/models/echo/infer", json=request, timeout=60)
+    assert v2.status_code == 200, v2.text
+    outputs = {output["name"]: output for output in v2.json()["outputs"]}  # a dict answer: one per key
+    assert outputs["model_name"]["data"] == ["echo"]
+    assert [json.loads(value) for value in outputs["values"]["data"]] == [{"body": "hello"}]  # nested: BYTES

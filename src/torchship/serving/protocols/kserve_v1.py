@@ -32,7 +32,7 @@ from torchship.serving.http.routing import Request, Response, Route, json_respon
 from torchship.serving.json_body import parse_json
 from torchship.serving.protocols.v2 import v2_error
 from torchship.serving.runtime.versions import ServedVersion
-from torchship.serving.workers.batch import Outcome
+from torchship.serving.workers.batch import Outcome, outcome_value
 
 if TYPE_CHECKING:
     from torchship.serving.server import Server
@@ -99,7 +99,7 @@ async def _predict(served: ServedVersion, body: bytes) -> Response:
     for position, outcome in enumerate(outcomes):
         if outcome.error_type:
             raise _InstanceError(position, outcome)
-    predictions = [_decode(outcome) for outcome in outcomes]
+    predictions = [outcome_value(outcome) for outcome in outcomes]
     return Response(200, json.dumps({"predictions": predictions}, allow_nan=False).encode("utf-8"))
 
 
@@ -114,9 +114,3 @@ class _InstanceError(TorchshipError):
         super().__init__(f"Instance {position}: {outcome.body.decode('utf-8', errors='replace')}")
         self.status = outcome.status
         self.type = outcome.error_type
-
-
-def _decode(outcome: Outcome) -> Any:
-    if outcome.content_type.startswith(_JSON):
-        return json.loads(outcome.body)
-    return outcome.body.decode("utf-8", errors="replace")

@@ -36,7 +36,7 @@ from torchship.serving.protocols.v2_outputs import binary_names, check_inputs, c
 from torchship.serving.protocols.v2_repository import repository_routes
 from torchship.serving.protocols.v2_tensors import outputs_from_results, read_inputs, to_requests
 from torchship.serving.runtime.versions import ServedVersion
-from torchship.serving.workers.batch import Outcome
+from torchship.serving.workers.batch import Outcome, outcome_value
 
 if TYPE_CHECKING:
     from torchship.serving.server import Server
@@ -153,7 +153,7 @@ async def _infer(
         if outcome.error_type:
             raise _OutcomeError(outcome)
     names = None if requested is None else [output.name for output in requested]
-    outputs = outputs_from_results([_decode(outcome) for outcome in outcomes], names)
+    outputs = outputs_from_results([outcome_value(outcome) for outcome in outcomes], names)
     if requested is not None:
         outputs = [
             classify(tensor, wanted.class_count) if wanted.class_count else tensor
@@ -182,9 +182,3 @@ class _OutcomeError(TorchshipError):
         super().__init__(outcome.body.decode("utf-8"))
         self.status = outcome.status
         self.type = outcome.error_type
-
-
-def _decode(outcome: Outcome) -> Any:
-    if outcome.content_type.startswith("application/json"):
-        return json.loads(outcome.body)
-    return outcome.body.decode("utf-8", errors="replace")

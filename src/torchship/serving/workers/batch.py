@@ -26,7 +26,7 @@ from torchship.serving.errors import HandlerError, error_response
 from torchship.serving.handler import ModelAPI
 from torchship.serving.json_body import parse_json
 
-__all__ = ["Outcome", "decode_payload", "encode_result", "error_outcome", "run_batch"]
+__all__ = ["Outcome", "decode_payload", "encode_result", "error_outcome", "outcome_value", "run_batch"]
 
 logger = logging.getLogger("torchship.serving.worker")
 
@@ -74,6 +74,20 @@ def encode_result(result: Any) -> Outcome:
         return error_outcome(
             HandlerError(f"the handler's result cannot be sent ({type(exc).__name__}: {exc})")
         )
+
+
+def outcome_value(outcome: Outcome) -> Any:
+    """A successful outcome's body as a value for a protocol that nests answers in JSON (v2, KServe v1):
+    JSON parsed, anything else as text. A TorchServe handler that set no content type answers JSON for any
+    result that is not a string or bytes (``json.dumps``), so an untyped body that parses is JSON too."""
+    media = outcome.content_type
+    if media.startswith(JSON) or not media:
+        try:
+            return json.loads(outcome.body)
+        except ValueError:
+            if media:
+                raise
+    return outcome.body.decode("utf-8", errors="replace")
 
 
 def error_outcome(exc: BaseException) -> Outcome:
