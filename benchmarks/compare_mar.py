@@ -37,10 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-import httpx
-
 import peers
-from peers import benchmark_texts, free_port, make_benchmark_package
+from peers import benchmark_texts, free_port
+from peers.answers import check_answers, expected_probabilities, resolve_package
 from peers.processes import ServerProcess, StartError, base_env, post_ok, wait_until_ready
 from peers.servers import SAMPLE_BODY, package_version
 from serve_load import LoadResult, run_load
@@ -70,11 +69,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="compare-mar-") as scratch:
         work = Path(args.workdir) if args.workdir else Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
-        package = _package(args.model, work)
+        package = resolve_package(args.model, work)
         archive = build_archive(package, work / "model_store")
         texts = benchmark_texts(args.max_words or None)
         bodies = [json.dumps({"text": text}) for text in texts]
-        expected = _expected(package, texts[:CHECK_TEXTS])
+        expected = expected_probabilities(package, texts[:CHECK_TEXTS])
         _print_conditions(args, package, archive, texts)
         outcomes = [
             _measure(key, archive, work, args, bodies, texts[:CHECK_TEXTS], expected) for key in SERVERS
@@ -110,7 +109,7 @@ def _measure(
     try:
         with server as (name, url):
             outcome.name = name
-            outcome.check = _check_answers(url, check_texts, expected)
+            outcome.check = check_answers(url, check_texts, expected)
             print(f"   {name} at {url}; answers: {outcome.check}", flush=True)
             for concurrency in args.concurrency:
                 load_dir = work / f"load-{key}-{concurrency}"
@@ -220,40 +219,6 @@ def _torchship(archive: Path, work: Path, args: argparse.Namespace) -> Iterator[
         yield f"torchship {package_version('torchship')}", url
     finally:
         process.stop()  # SIGTERM: torchship finishes in-flight requests, then stops its workers
-
-
-def _check_answers(url: str, texts: Sequence[str], expected: list[dict[str, float]]) -> str:
-    """Compare the server's probabilities with the package's own, text by text."""
-    worst = 0.0
-    with httpx.Client(timeout=30.0) as client:
-        for text, probabilities in zip(texts, expected, strict=True):
-            response = client.post(url, json={"text": text})
-            response.raise_for_status()
-            answered = response.json()["probabilities"]
-            if set(answered) != set(probabilities):
-                return f"DIFFERENT labels: {sorted(answered)}"
-            worst = max(worst, *(abs(answered[label] - p) for label, p in probabilities.items()))
-    verdict = "same as the package" if worst < 1e-4 else "DIFFERENT from the package"
-    return f"{verdict} (max |dp| {worst:.1e} on {len(texts)} texts)"
-
-
-def _expected(package: Path, texts: Sequence[str]) -> list[dict[str, float]]:
-    from torchship.store import load_package
-
-    loaded = load_package(package)
-    rows = loaded.predict_proba(list(texts), batch_size=1).tolist()
-    return [dict(zip(loaded.config.labels, row, strict=True)) for row in rows]
-
-
-def _package(model: str | None, work: Path) -> Path:
-    from torchship.store import resolve_model
-
-    if model is None and Path("models/bbc").is_dir():
-        model = "models/bbc"  # the demo model, where the README's commands put it
-    if model is not None:
-        return resolve_model(model).resolve()
-    print("no ./models/bbc: building an untrained demo-shaped package (throughput does not need training)")
-    return make_benchmark_package(work / "models")
 
 
 def _print_conditions(args: argparse.Namespace, package: Path, archive: Path, texts: Sequence[str]) -> None:

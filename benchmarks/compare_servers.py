@@ -29,16 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-import httpx
-
 from peers import (
     Endpoint,
     benchmark_texts,
     litserve_server,
-    make_benchmark_package,
     torchserve_server,
     torchship_server,
 )
+from peers.answers import check_answers, expected_probabilities, resolve_package
 from serve_load import LoadResult, run_load
 from torchship.serving.settings import default_torch_threads
 
@@ -65,10 +63,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="compare-servers-") as scratch:
         work = Path(args.workdir) if args.workdir else Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
-        package = _package(args.model, work)
+        package = resolve_package(args.model, work)
         texts = benchmark_texts(args.max_words or None)
         bodies = [json.dumps({"text": text}) for text in texts]
-        expected = _expected(package, texts[:CHECK_TEXTS])
+        expected = expected_probabilities(package, texts[:CHECK_TEXTS])
         _print_conditions(args, package, texts)
         outcomes = []
         for key in args.servers:
@@ -100,7 +98,7 @@ def _measure(
     print(f"\n== {key}: starting", flush=True)
     try:
         with _start(key, package, work, args) as endpoint:
-            check = _check_answers(endpoint.url, check_texts, expected)
+            check = check_answers(endpoint.url, check_texts, expected)
             print(f"   {endpoint.name} ({endpoint.settings}) at {endpoint.url}; answers: {check}", flush=True)
             load_dir = work / f"load-{key}"
             load_dir.mkdir(exist_ok=True)
@@ -111,42 +109,6 @@ def _measure(
         raise
     except Exception as exc:  # a peer that cannot run is reported, and the others still measured
         return Outcome(key, failure=f"{type(exc).__name__}: {exc}")
-
-
-def _check_answers(url: str, texts: Sequence[str], expected: list[dict[str, float]]) -> str:
-    """Compare the server's probabilities with the package's own, text by text."""
-    worst = 0.0
-    with httpx.Client(timeout=30.0) as client:
-        for text, probabilities in zip(texts, expected, strict=True):
-            response = client.post(url, json={"text": text})
-            response.raise_for_status()
-            body = response.json()
-            answered = body["probabilities"]
-            if set(answered) != set(probabilities) or body["label"] != max(answered, key=answered.get):
-                return f"DIFFERENT labels or JSON shape: {body}"
-            worst = max(worst, *(abs(answered[label] - p) for label, p in probabilities.items()))
-    verdict = "same as the package" if worst < 1e-4 else "DIFFERENT from the package"
-    return f"{verdict} (max |dp| {worst:.1e} on {len(texts)} texts)"
-
-
-def _expected(package: Path, texts: Sequence[str]) -> list[dict[str, float]]:
-    from torchship.store import load_package
-
-    loaded = load_package(package)
-    rows = loaded.predict_proba(list(texts), batch_size=1).tolist()
-    return [dict(zip(loaded.config.labels, row, strict=True)) for row in rows]
-
-
-def _package(model: str | None, work: Path) -> Path:
-    from torchship.store import resolve_model
-
-    if model is None and Path("models/bbc").is_dir():
-        model = "models/bbc"  # the demo model, where the README's commands put it
-    if model is not None:
-        # Absolute: the peers run in subprocesses with their own working directories.
-        return resolve_model(model).resolve()
-    print("no ./models/bbc: building an untrained demo-shaped package (throughput does not need training)")
-    return make_benchmark_package(work / "models")
 
 
 def _print_conditions(args: argparse.Namespace, package: Path, texts: Sequence[str]) -> None:

@@ -247,15 +247,8 @@ class Server:
                 entry.version,
             )
             return None
-        settings = dict(entry.settings)
-        settings["workers"] = workers
-        if settings.get("max_workers") is not None:
-            settings["max_workers"] = max(
-                workers, min(settings["max_workers"], self.settings.max_workers_per_version)
-            )
-        api = handler(
-            model_path=entry.path or None, name=entry.name, **ModelSettings.from_dict(settings).to_dict()
-        )
+        settings = self._restored_settings(entry, workers)
+        api = handler(model_path=entry.path or None, name=entry.name, **settings.to_dict())
         return VersionSpec(api, entry.version, entry.url, _qualname(handler), True)
 
     def _restore_archive(self, entry: SnapshotEntry, workers: int) -> VersionSpec | None:
@@ -285,13 +278,18 @@ class Server:
                 source.version,
             )
             return None
+        return self._spec(source, self._restored_settings(entry, workers), True, by_api=entry.by_api)
+
+    def _restored_settings(self, entry: SnapshotEntry, workers: int) -> ModelSettings:
+        """A snapshot entry's settings with ``workers`` (already capped) and ``max_workers`` within today's
+        ``max_workers_per_version``."""
         settings = dict(entry.settings)
         settings["workers"] = workers
         if settings.get("max_workers") is not None:
             settings["max_workers"] = max(
                 workers, min(settings["max_workers"], self.settings.max_workers_per_version)
             )
-        return self._spec(source, ModelSettings.from_dict(settings), True, by_api=entry.by_api)
+        return ModelSettings.from_dict(settings)
 
     # -------------------------------------------------------------------------------- operations
     async def register(self, registration: Registration) -> tuple[ServedVersion, int]:
