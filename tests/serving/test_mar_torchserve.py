@@ -8,9 +8,13 @@ function, handlers that follow the built-in ``image_classifier``, ``object_detec
 ``image_segmenter`` contracts (the built-ins themselves import torchvision, which does not import beside
 the pinned CPU torch; where it does, the built-ins are served and compared too), and one handler over an
 eager model (no-archive folder) and a TorchScript model (``tgz``); the function handler's archive is
-``zip-store``, the others ``default``. One TorchServe and one torchship serve them all, for the whole
-module; every request goes to both, and the tests assert the same status codes, the same answers (parsed
-JSON, or the exact bytes), and the same headers the handlers set.
+``zip-store``, the others ``default``. The same handler also serves an AOTInductor archive (a ``.so``
+compiled with ``torch._export.aot_compile``, loaded by BaseHandler through model-config.yaml's
+``pt2: {export: {aot_compile: true}}``) and an archive with ``--requirements-file`` (a requirement that is
+installed: torchship checks it, TorchServe without ``install_py_dep_per_model`` ignores it). One TorchServe
+and one torchship serve them all, for the whole module; every request goes to both, and the tests assert
+the same status codes, the same answers (parsed JSON, or the exact bytes), and the same headers the
+handlers set.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import itertools
 import json
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +36,14 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from mar_support import archive, eager_model, reference_model, torchscript_model
+from mar_support import (
+    AOTI_MODEL_YAML,
+    aoti_model,
+    archive,
+    eager_model,
+    reference_model,
+    torchscript_model,
+)
 from serving_support import running, settings, wait_ready
 from torchserve_peer import torchserve, torchserve_missing
 
@@ -68,6 +80,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _function_archive(build / "echo", store)
     _vision_archives(build / "vision", store)
     _tensor_archives(build / "tensor", store)
+    _compiled_and_requirements_archives(build / "compiled", store)
     if torchvision_imports():
         _vision_archives(build / "builtin", store, builtin=True)
     return store
@@ -280,6 +293,24 @@ def test_eager_no_archive_and_torchscript_tgz(theirs: str, ours: str) -> None:
             assert answer == pytest.approx(want, abs=1e-4)
 
 
+def test_aoti_and_requirements_archives(theirs: str, ours: str) -> None:
+    inputs = [[1.0, 2.0, 3.0, 4.0], [-1.0, 0.5, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]]
+    with torch.no_grad():
+        expected = reference_model()(torch.tensor(inputs)).tolist()
+    for name in ("tensor_aoti", "tensor_requirements"):
+        for row, want in zip(inputs, expected, strict=True):
+            answer = _same(theirs, ours, f"/predictions/{name}", {"json": {"x": row}})
+            assert answer == pytest.approx(want, abs=1e-4)
+    # Concurrent requests reach the AOTI model as one batch (dynamic batch dimension) on both servers.
+    requests = [{"json": {"x": row}} for row in inputs * 2]
+    answers = {
+        base: _post_concurrently(base, "/predictions/tensor_aoti", requests) for base in (theirs, ours)
+    }
+    for our_answer, their_answer in zip(answers[ours], answers[theirs], strict=True):
+        assert our_answer.status_code == their_answer.status_code == 200
+        _same_up_to_batching(our_answer.json(), their_answer.json())
+
+
 def _same(
     theirs: str,
     ours: str,
@@ -452,6 +483,33 @@ def _tensor_archives(build: Path, store: Path) -> None:
     archive(
         build, "tensor_scripted", handler, serialized_file=scripted, archive_format="tgz", export_path=store
     )
+
+
+def _compiled_and_requirements_archives(build: Path, store: Path) -> None:
+    """``tensor_aoti``: the model compiled by AOTInductor into a ``.so``, which BaseHandler loads when
+    model-config.yaml says ``pt2: {export: {aot_compile: true}}`` (batched, so a batch reaches the dynamic
+    batch dimension); ``tensor_requirements``: a TorchScript archive with ``--requirements-file``."""
+    build.mkdir(parents=True)
+    handler = HANDLERS / "mar_tensor_handler.py"
+    config = build / "model-config.yaml"
+    config.write_text(AOTI_MODEL_YAML + "batchSize: 4\nmaxBatchDelay: 100\n", encoding="utf-8")
+    compiled = aoti_model(build / "aoti")
+    archive(build, "tensor_aoti", handler, serialized_file=compiled, config_file=config, export_path=store)
+    requirements = build / "requirements.txt"
+    requirements.write_text(
+        "# installed beside the server: checked, never installed\npackaging>=20\n", encoding="utf-8"
+    )
+    made = archive(
+        build,
+        "tensor_requirements",
+        handler,
+        serialized_file=torchscript_model(build / "scripted"),
+        requirements_file=requirements,
+        export_path=store,
+    )
+    with zipfile.ZipFile(made) as files:  # what both servers read: the manifest names the file
+        manifest = json.loads(files.read("MAR-INF/MANIFEST.json"))
+        assert files.read(manifest["model"]["requirementsFile"]).endswith(b"packaging>=20\n")
 
 
 def _state_dict(path: Path, module: str, cls: str, seed: int) -> Path:
