@@ -38,6 +38,9 @@ _TAR_OVERHEAD_PER_ENTRY = 16 << 10
 # A single read of the tar stream beyond this is a header of absurd size (a pax header that would be held
 # in memory whole); member data is read in smaller chunks.
 _MAX_TAR_READ = 2 << 20
+# Central directory bytes allowed per member: its fixed 46 bytes, a long name, extra fields and a comment.
+_MAX_CD_ENTRY = 4096
+_ECD_SIZE, _ECD_ENTRIES_TOTAL = 5, 4  # fields of zipfile's end record (zipfile._ECD_SIZE, _ECD_ENTRIES_TOTAL)
 
 
 @contextlib.contextmanager
@@ -60,6 +63,7 @@ def _check_name(name: str, label: str) -> None:
 
 def extract_zip(file: IO[bytes], label: str, target: Path, limits: RegistrationLimits) -> None:
     try:
+        _check_zip_directory(file, label, limits)
         with zipfile.ZipFile(file) as archive:
             _check_zip(archive, label, limits)
             with named_errors(label):
@@ -67,6 +71,25 @@ def extract_zip(file: IO[bytes], label: str, target: Path, limits: RegistrationL
                 extract(archive, members, target, Budget(limits.max_package_size))
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
         raise PackageError(f"{label} is not a readable zip archive ({exc}); {_RECREATE}") from exc
+
+
+def _check_zip_directory(file: IO[bytes], label: str, limits: RegistrationLimits) -> None:
+    """The member count and central directory size the zip's end record declares, checked before zipfile
+    reads the whole central directory into memory (an object per member: millions of empty members fit
+    in an archive within max_archive_size)."""
+    end_record = getattr(zipfile, "_EndRecData", None)  # zipfile's own reader of the end record
+    if end_record is None:
+        return
+    record = end_record(file)
+    file.seek(0)
+    if not record:
+        return  # not a zip: zipfile.ZipFile says so
+    entries, directory_size = int(record[_ECD_ENTRIES_TOTAL]), int(record[_ECD_SIZE])
+    if entries > limits.max_package_files or directory_size > limits.max_package_files * _MAX_CD_ENTRY:
+        raise UserInputError(
+            f"{label} declares {entries} members in a central directory of {directory_size} bytes, more than "
+            f"max_package_files={limits.max_package_files} (a server setting) allows"
+        )
 
 
 def _check_zip(archive: zipfile.ZipFile, label: str, limits: RegistrationLimits) -> None:

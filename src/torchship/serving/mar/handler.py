@@ -63,6 +63,7 @@ _STREAMING = (
 )
 _ERROR_TYPE = "InternalServerException"  # what TorchServe's frontend names every backend error
 _INT = struct.Struct("!i")
+_NO_BODY = frozenset({204, 304})  # statuses whose responses carry no body (RFC 9110)
 
 
 class TorchServeArchiveAPI(ModelAPI):
@@ -155,7 +156,15 @@ class TorchServeArchiveAPI(ModelAPI):
         decode = os.environ.get("TS_DECODE_INPUT_REQUEST") in (None, "true")
         batch = [_ts_request(request, next(self._request_ids), decode) for request in requests]
         self._socket.streamed = False
-        answer = self.service.predict(batch)
+        try:
+            answer = self.service.predict(batch)
+        except (struct.error, TypeError, AttributeError, UnicodeError) as exc:
+            # ts encodes the answers outside its handler's try: a status that is not an int, a header
+            # that is not text. TorchServe's worker dies there; here the batch fails and the worker lives.
+            message = (
+                f"the handler's answer cannot be encoded: a response status or header is not valid ({exc})"
+            )
+            return [_error(500, message)] * len(requests)
         if self._socket.streamed:
             return [_error(501, _STREAMING)] * len(requests)
         return read_predict_response(bytes(answer), len(requests))
@@ -203,12 +212,16 @@ def read_predict_response(answer: bytes, count: int) -> list[Outcome]:
 
 
 def _answer(status: int, content_type: str, headers: list[tuple[str, str]], body: bytes) -> Outcome:
-    if not 100 <= status <= 599:
-        return _error(500, f"the handler set the response status {status}, which is not an HTTP status")
+    if not 200 <= status <= 599:
+        # 1xx is no final answer: a client would wait for another, or switch protocols, on a kept-alive
+        # connection.
+        return _error(500, f"the handler set the response status {status}, which is not a final HTTP status")
+    if status in _NO_BODY:
+        body = b""  # sent anyway, it would be read as the start of the next response on the connection
     extra: list[tuple[str, str]] = []
     for key, value in headers:
         if key.lower() == "content-type":  # also sent as the content type (TorchServe sets it twice)
-            content_type = content_type or value
+            content_type = value  # this copy is framed by its bytes: the real value (see _context_class)
         else:
             extra.append((key, value))
     return Outcome(status, content_type, body, "", tuple(extra))
@@ -227,13 +240,18 @@ class _Reader:
         self._at = 0
 
     def read_int(self) -> int:
-        (value,) = _INT.unpack_from(self._data, self._at)
+        try:
+            (value,) = _INT.unpack_from(self._data, self._at)
+        except struct.error:
+            raise HandlerError("the handler's service answered a truncated response") from None
         self._at += _INT.size
         return int(value)
 
     def read_bytes(self) -> bytes:
         length = self.read_int()
         start, self._at = self._at, self._at + length
+        if length < 0 or self._at > len(self._data):
+            raise HandlerError("the handler's service answered a malformed response (a field's length)")
         return self._data[start : self._at]
 
     def skip(self, length: int) -> None:
@@ -320,9 +338,33 @@ def _context_class(base: type) -> type:
                     processor.__class__ = _RequestProcessor  # same object, one more lookup
             self._request_processor = processors
 
+        ts_context: Any = base
+
+        # ts frames the content type and the status phrase by their length in characters but writes
+        # their UTF-8 bytes: anything but ASCII there would shift every later field of the answer. Both
+        # go out ASCII (the content type is also a response header, read from there with its real value).
+        def get_response_content_type(self: Any, idx: int) -> Any:
+            return _ascii(ts_context.get_response_content_type(self, idx))
+
+        def get_response_status(self: Any, idx: int) -> Any:
+            code, phrase = ts_context.get_response_status(self, idx)
+            return code, _ascii(phrase)
+
         prop = property(lambda self: self._request_processor, set_processor)
-        _CONTEXT_CLASSES[base] = type(base.__name__, (base,), {"request_processor": prop})
+        _CONTEXT_CLASSES[base] = type(
+            base.__name__,
+            (base,),
+            {
+                "request_processor": prop,
+                "get_response_content_type": get_response_content_type,
+                "get_response_status": get_response_status,
+            },
+        )
     return _CONTEXT_CLASSES[base]
+
+
+def _ascii(value: Any) -> Any:
+    return value.encode("ascii", "backslashreplace").decode("ascii") if isinstance(value, str) else value
 
 
 def _put_on_sys_path(model_dir: str, handler: str) -> None:

@@ -362,7 +362,7 @@ def _number(value: str, where: str, key: str) -> float:
 def _json_object(value: str, where: str, key: str) -> dict[str, Any]:
     try:
         data = json.loads(value)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python's stack
         raise ConfigError(
             f"{where}: {key} is not valid JSON ({exc}); continue long lines with a backslash at their end"
         ) from exc

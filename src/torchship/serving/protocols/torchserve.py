@@ -116,15 +116,46 @@ def outcome_response(outcome: Outcome, max_size: int = sys.maxsize) -> Response:
     status, content_type, body, error_type, headers = outcome  # one unpacking: this runs per request
     if error_type:
         return torchserve_error(ErrorResponse(status, error_type, body.decode("utf-8")))
-    if headers or len(body) > max_size:
-        return _checked_response(outcome, max_size)
     encoded = _CONTENT_TYPES.get(content_type)
     if encoded is None:
-        encoded = _CONTENT_TYPES[content_type] = content_type.encode("latin-1")
+        encoded = _content_type(content_type)
+        if encoded is None:
+            return torchserve_error(
+                ErrorResponse(
+                    500,
+                    "InternalServerException",
+                    f"The model's response content type {content_type[:64]!r} cannot be sent: it must be "
+                    f"Latin-1 text of at most {MAX_HANDLER_HEADER_SIZE} characters, without control "
+                    "characters",
+                )
+            )
+    if headers or len(body) > max_size:
+        return _checked_response(outcome, max_size, encoded)
     return Response(status, body, encoded)
 
 
-def _checked_response(outcome: Outcome, max_size: int) -> Response:
+MAX_CACHED_CONTENT_TYPES = 64
+"""Distinct response content types kept encoded; a handler may set a new one per response."""
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _content_type(content_type: str) -> bytes | None:
+    """``content_type`` encoded for the response header, or None when it cannot be sent (CR/LF: a header
+    injection; what the HTTP server would refuse only after the response started)."""
+    if not isinstance(content_type, str) or len(content_type) > MAX_HANDLER_HEADER_SIZE:
+        return None
+    if _CONTROL.search(content_type):
+        return None
+    try:
+        encoded = content_type.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+    if len(_CONTENT_TYPES) < MAX_CACHED_CONTENT_TYPES:
+        _CONTENT_TYPES[content_type] = encoded
+    return encoded
+
+
+def _checked_response(outcome: Outcome, max_size: int, content_type: bytes) -> Response:
     if len(outcome.body) > max_size:
         return torchserve_error(
             ErrorResponse(
@@ -134,7 +165,6 @@ def _checked_response(outcome: Outcome, max_size: int) -> Response:
                 "raise max_response_size (--max_response_size, or config.properties) or return less",
             )
         )
-    content_type = outcome.content_type.encode("latin-1")
     return Response(outcome.status, outcome.body, content_type, handler_headers(outcome.headers))
 
 
@@ -186,8 +216,8 @@ def _header_problem(name: str, value: str, count: int) -> str | None:
         return "the server sets it"
     if len(name) + len(value) > MAX_HANDLER_HEADER_SIZE:
         return f"longer than MAX_HANDLER_HEADER_SIZE={MAX_HANDLER_HEADER_SIZE} bytes"
-    if any(char in value for char in "\r\n\0"):
-        return "its value holds CR, LF or NUL"
+    if _CONTROL.search(value):
+        return "its value holds a control character (CR, LF, NUL, ...)"
     try:
         value.encode("latin-1")
     except UnicodeEncodeError:

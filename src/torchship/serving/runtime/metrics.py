@@ -28,6 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = [
     "CONTENT_TYPE",
+    "MAX_HANDLER_LABELS",
     "MAX_HANDLER_METRICS",
     "MAX_HANDLER_SERIES",
     "HandlerMetrics",
@@ -102,6 +103,9 @@ would create more are dropped, with one warning (a label holding a request id wo
 
 # simpleclient's default buckets: TorchServe's Prometheus histograms use them.
 _HANDLER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+MAX_HANDLER_LABELS = 16
+"""Most dimensions (labels) one handler metric may have; an update with more is dropped."""
+_MAX_NAME = 200  # characters of a handler metric's name or dimension name: every scrape carries them
 _KINDS = ("counter", "gauge", "histogram")
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -226,8 +230,11 @@ class HandlerMetrics:
         name, unit = str(name), str(unit)
         if (
             kind not in _KINDS
+            or len(name) > _MAX_NAME
             or not _METRIC_NAME.fullmatch(name)
             or self._reserved(name)
+            or len(labels) > MAX_HANDLER_LABELS + 1  # and Hostname
+            or any(len(label) > _MAX_NAME for label in labels)
             or len(labels) != len(values)
             or len(set(labels)) != len(labels)
             or not all(_LABEL_NAME.fullmatch(label) for label in labels)
@@ -236,8 +243,8 @@ class HandlerMetrics:
         ):
             return f"invalid {name[:64]}", (
                 f"metric {name[:64]!r} is not a valid Prometheus metric here (its name, a server metric's "
-                f"name, its dimension names, a dimension value over {_MAX_LABEL_VALUE} characters, or a "
-                "non-finite value)"
+                f"name, its dimension names, more than {MAX_HANDLER_LABELS} dimensions, a name over "
+                f"{_MAX_NAME} or a dimension value over {_MAX_LABEL_VALUE} characters, or a non-finite value)"
             )
         family = self._families.get(name)
         if family is not None and (family.kind != kind or family.labels != labels):
