@@ -415,7 +415,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             model_defaults=ModelSettings(workers=1, device="cpu", torch_threads=1),
         )
         with ServerThread(Server(settings)) as server:
-            while not server.health().healthy:
+            # Every version serving, not just healthy: while only version 1 has loaded, the default is
+            # version 1, and the requests meant for the latest version would go there.
+            while not server.health().healthy or any(
+                v.serving_workers < v.target_workers for v in server.registry.all_versions()
+            ):
                 httpx.get(server.urls["inference"] + "/ping")
             Path(args.out).write_text(capture(server, args.model, store, key_file), encoding="utf-8")
         print(f"wrote {args.out}")
