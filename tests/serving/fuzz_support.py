@@ -8,6 +8,8 @@ raw HTTP for the framing that no HTTP client sends.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import json
 import os
 import socket
@@ -120,7 +122,12 @@ class Fuzz:
         return pids
 
     def rss(self) -> dict[int, int]:
-        """VmRSS in bytes of this process and of every fixture worker."""
+        """VmRSS in bytes of this process and of every fixture worker. This process first collects its
+        garbage and hands freed heap back to the system (glibc's ``malloc_trim``, as the workers do every
+        few seconds): what stays is what is still held, not what the allocator kept of what earlier tests
+        of a long session freed (seen: 90 MiB of growth in the whole suite against 31 MiB alone)."""
+        gc.collect()
+        _trim_heap()
         pids = [os.getpid(), *(pid for pids in self.worker_pids().values() for pid in pids)]
         return {pid: vm_rss(pid) for pid in pids}
 
@@ -206,6 +213,11 @@ def must_refuse(call: Call, token_auth: bool) -> str | None:
     if call.listener == "inference" and given_headers.origin is not None and path not in HEALTH:
         return "an Origin that is not allowlisted on the inference API"
     return None
+
+
+def _trim_heap() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def vm_rss(pid: int) -> int:
