@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,11 +33,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 import peers
 from peers import benchmark_texts, free_port
-from peers.answers import check_answers, expected_probabilities, resolve_package
+from peers.answers import check_answers, expected_probabilities, ratio, resolve_package, stop_on_sigterm
 from peers.processes import ServerProcess, StartError, base_env, post_ok, wait_until_ready
 from peers.servers import SAMPLE_BODY, package_version
 from serve_load import LoadResult, run_load
@@ -65,7 +62,7 @@ class Outcome:
 
 def main() -> None:
     args = _parse_args()
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop every started server on `kill`
+    stop_on_sigterm()  # stop every started server on `kill`
     with tempfile.TemporaryDirectory(prefix="compare-mar-") as scratch:
         work = Path(args.workdir) if args.workdir else Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -260,20 +257,12 @@ def _print_table(outcomes: Sequence[Outcome], concurrencies: Sequence[int]) -> N
             ratios = ""
             baseline = theirs.results.get(concurrency) if theirs is not None else None
             if outcome.key == "torchship" and baseline is not None:
-                ratios = f"{_ratio(result.throughput, baseline.throughput)} req/s, "
-                ratios += f"{_ratio(result.p50, baseline.p50)} p50"
+                ratios = f"{ratio(result.throughput, baseline.throughput)} req/s, "
+                ratios += f"{ratio(result.p50, baseline.p50)} p50"
             print(
                 f"{concurrency:>7}  {outcome.name:<20} {result.throughput:>8.0f} {result.p50 * 1e3:>8.1f} "
                 f"{result.p99 * 1e3:>8.1f} {result.errors:>7d} {ratios:>22}"
             )
-
-
-def _ratio(ours: float, theirs: float) -> str:
-    return f"{ours / theirs:.2f}x" if theirs > 0 and not math.isnan(ours) else "-"
-
-
-def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def _parse_args() -> argparse.Namespace:

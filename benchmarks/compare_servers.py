@@ -21,13 +21,11 @@ import argparse
 import json
 import math
 import os
-import signal
 import tempfile
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 from peers import (
     Endpoint,
@@ -36,7 +34,7 @@ from peers import (
     torchserve_server,
     torchship_server,
 )
-from peers.answers import check_answers, expected_probabilities, resolve_package
+from peers.answers import check_answers, expected_probabilities, ratio, resolve_package, stop_on_sigterm
 from serve_load import LoadResult, run_load
 from torchship.serving.settings import default_torch_threads
 
@@ -59,7 +57,7 @@ class Outcome:
 def main() -> None:
     args = _parse_args()
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl+C, so every started server is stopped.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="compare-servers-") as scratch:
         work = Path(args.workdir) if args.workdir else Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -152,19 +150,11 @@ def _print_table(outcomes: Sequence[Outcome]) -> None:
             print(f"{outcome.key:<20} not measured (why: above)")
             continue
         result = outcome.result
-        ratio = "" if outcome.key == "torchship" else _ratio(ours, result.throughput)
+        against = "" if outcome.key == "torchship" else ratio(ours, result.throughput)
         print(
             f"{outcome.endpoint.name:<20} {outcome.endpoint.settings:<16} {result.throughput:>8.0f} "
-            f"{result.p50 * 1e3:>8.1f} {result.p99 * 1e3:>8.1f} {result.errors:>7d} {ratio:>15}"
+            f"{result.p50 * 1e3:>8.1f} {result.p99 * 1e3:>8.1f} {result.errors:>7d} {against:>15}"
         )
-
-
-def _ratio(ours: float, theirs: float) -> str:
-    return f"{ours / theirs:.2f}x" if theirs > 0 and not math.isnan(ours) else "-"
-
-
-def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def _parse_args() -> argparse.Namespace:

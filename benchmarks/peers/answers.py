@@ -6,14 +6,17 @@ return the package's own probabilities for a few texts.
 
 from __future__ import annotations
 
+import math
+import signal
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 import httpx
 
 from peers.package import make_benchmark_package
 
-__all__ = ["check_answers", "expected_probabilities", "resolve_package"]
+__all__ = ["check_answers", "expected_probabilities", "ratio", "resolve_package", "stop_on_sigterm"]
 
 
 def check_answers(url: str, texts: Sequence[str], expected: list[dict[str, float]]) -> str:
@@ -52,3 +55,17 @@ def resolve_package(model: str | None, work: Path) -> Path:
         return resolve_model(model).resolve()
     print("no ./models/bbc: building an untrained demo-shaped package (throughput does not need training)")
     return make_benchmark_package(work / "models")
+
+
+def ratio(ours: float, theirs: float) -> str:
+    """``ours / theirs`` as ``1.23x``, or ``-`` when there is nothing to compare."""
+    return f"{ours / theirs:.2f}x" if theirs > 0 and not math.isnan(ours) else "-"
+
+
+def stop_on_sigterm() -> None:
+    """Turn ``kill`` (SIGTERM) into KeyboardInterrupt, so every started server is stopped on the way out."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)

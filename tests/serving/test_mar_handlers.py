@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import sys
 from collections.abc import Iterator
@@ -69,7 +70,6 @@ ECHO_HANDLER = '''
 """A module-level handler: reports what it got, and does what the request header X-Do says."""
 
 import os
-import time
 
 import torch
 from ts.handler_utils.utils import send_intermediate_predict_response
@@ -104,9 +104,8 @@ def _describe(idx, row, data, context):
 
 def _gate(path):
     open(path + ".started", "w").close()
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    with open(path) as gate:  # a FIFO: opening it blocks until the test opens its other end
+        gate.read()
     return "opened"
 
 
@@ -377,6 +376,7 @@ def test_context_metrics_reach_the_metrics_endpoint(server: Server) -> None:
 @pytest.mark.slow
 def test_a_batch_of_several_requests_reaches_one_handle_call(server: Server, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
+    os.mkfifo(gate)
     echo = server.registry.get("echo")
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(predict, server, "echo", "gate", str(gate), json={})
@@ -384,7 +384,8 @@ def test_a_batch_of_several_requests_reaches_one_handle_call(server: Server, tmp
         wait_until(started.exists, 30, "the gated request to run")
         others = [pool.submit(predict, server, "echo", json={"n": n}) for n in range(3)]
         wait_until(lambda: echo.pending == 3, 30, "three requests to wait for the busy worker")
-        gate.touch()
+        with open(gate, "w"):  # blocks until the handler holds the read end: then the handler goes on
+            pass
         assert first.result().content == b"opened"
         answers = [future.result().json() for future in others]
     assert [answer["batch"] for answer in answers] == [3, 3, 3]
