@@ -5,6 +5,7 @@
     torchship predict --model ./models/bbc "Shares rose after the results." --json
     torchship evaluate --model ./models/bbc:2 --data held_out.csv
     torchship models --store ./models
+    torchship models --store s3://bucket/models      # an object store (pip install 'torchship[s3]')
     torchship serve --store ./models
     torchship serve --ts_config config.properties --model_store ./model-store --models all
     torchship torchserve --start --model-store=./model-store --ts-config=config.properties
@@ -31,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace  # type: ignore[attr-defined]
 
 from torchship._version import __version__
-from torchship.errors import DataError, TorchshipError
+from torchship.errors import DataError, NotFoundError, TorchshipError
 
 if TYPE_CHECKING:
-    from torchship.store import ModelPackage
+    from torchship.store import ModelPackage, ModelStore, ObjectStore
 
 __all__ = ["build_parser", "main"]
 
@@ -136,7 +137,12 @@ def _train_parser() -> ArgumentParser:
     parser = _subparser("Train a text classifier with Lightning and publish the best checkpoint.")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options")
     parser.add_class_arguments(DataConfig, None, instantiate=False)
-    parser.add_argument("--store", type=str, default="./models", help="Model store directory")
+    parser.add_argument(
+        "--store",
+        type=str,
+        default="./models",
+        help="Model store to publish to: a directory, or an object store URL (s3://bucket/prefix)",
+    )
     parser.add_argument("--name", type=str, required=True, help="Model name in the store")
     parser.add_argument("--version", type=int | None, default=None, help="Explicit version (must be new)")
     parser.add_argument(
@@ -187,7 +193,12 @@ def _add_device_argument(parser: ArgumentParser) -> None:
 
 def _models_parser() -> ArgumentParser:
     parser = _subparser("List the models in a store, their versions and test scores.")
-    parser.add_argument("--store", type=str, default="./models", help="Model store directory")
+    parser.add_argument(
+        "--store",
+        type=str,
+        default="./models",
+        help="Model store: a directory, or an object store URL (s3://bucket/prefix)",
+    )
     parser.add_argument("--json", action="store_true", help="Print JSON")
     return parser
 
@@ -261,7 +272,7 @@ def _train(cfg: Namespace) -> int:
     if result.version is None:  # a DDP worker process: rank 0 reports
         return 0
     metrics = result.metrics
-    print(f"published {result.name} version {result.version} at {result.path}")
+    print(f"published {result.name} version {result.version} at {result.location}")
     for split in ("validation", "test"):
         if metrics.get(split):
             scores = metrics[split]
@@ -352,19 +363,27 @@ def _evaluate(cfg: Namespace) -> int:
 
 
 def _models(cfg: Namespace) -> int:
-    from torchship.store import ModelStore
+    from torchship.store import ModelStore, open_store
 
-    store = ModelStore(cfg.store)
+    store = open_store(cfg.store)
     rows = [
-        {"name": name, "version": version, **_scores(store.path(name, version))}
-        for name in store.models()
-        for version in store.versions(name)
+        {
+            "name": name,
+            "version": version,
+            **(
+                _scores(store.path(name, version))
+                if isinstance(store, ModelStore)
+                else _remote_scores(store, name, version)
+            ),
+        }
+        for name, versions in _listing(store).items()
+        for version in versions
     ]
     if cfg.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print(f"no models in {store.root}")
+        print(f"no models in {cfg.store}")
         return 0
     print(f"{'name':<20} {'version':>7} {'test accuracy':>13} {'test macro-F1':>13}  created")
     for row in rows:
@@ -386,6 +405,27 @@ def _scores(path: Path) -> dict[str, Any]:
         "accuracy": test.get("accuracy"),
         "macro_f1": test.get("macro_f1"),
         "created": read_config(path).created,
+    }
+
+
+def _listing(store: ModelStore | ObjectStore) -> dict[str, list[int]]:
+    from torchship.store import ModelStore
+
+    if isinstance(store, ModelStore):
+        return {name: store.versions(name) for name in store.models()}
+    return store.listing()  # one listing of the bucket, not one per model
+
+
+def _remote_scores(store: ObjectStore, name: str, version: int) -> dict[str, Any]:
+    try:
+        test = json.loads(store.read_file(name, version, "metrics.json")).get("test") or {}
+    except (NotFoundError, ValueError):
+        test = {}
+    config = json.loads(store.read_file(name, version, "config.json"))
+    return {
+        "accuracy": test.get("accuracy"),
+        "macro_f1": test.get("macro_f1"),
+        "created": config.get("created"),
     }
 
 

@@ -120,7 +120,7 @@ def model_card(config: PackageConfig, metrics: Mapping[str, Any], *, store: str 
         if training.get("pretrained")
         else "trained from scratch"
     )
-    ref = f"{Path(store) / config.name}:{config.version}"
+    ref = f"{str(store).rstrip('/')}/{config.name}:{config.version}"  # a directory or s3://bucket/prefix
     lines = [
         f"# {config.name} (version {config.version})",
         "",

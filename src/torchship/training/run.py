@@ -40,6 +40,7 @@ from torchship.data.datamodule import DataConfig, TextClassificationDataModule
 from torchship.errors import ConfigError, VersionExistsError
 from torchship.models.transformer import TransformerClassifier, TransformerConfig
 from torchship.store.package import PackageConfig, write_package
+from torchship.store.remote import ObjectStore, open_store
 from torchship.store.store import ModelStore, validate_name, validate_version
 from torchship.training.metrics import ClassificationMetrics
 from torchship.training.module import TextClassifierModule, text_logits
@@ -86,13 +87,15 @@ class TrainResult:
     version: int | None
     """The published version."""
     path: Path | None
-    """The published package directory."""
+    """The published package directory (None in an object store: see ``location``)."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """What ``metrics.json`` holds: validation and test reports, history, training time."""
     best_checkpoint: str = ""
     """The Lightning checkpoint the package was made from."""
     model: TransformerClassifier | None = None
     """The published network with the best checkpoint's weights, in eval mode on the CPU."""
+    location: str = ""
+    """Where the version was published: its directory, or its URL in an object store."""
 
 
 def train(
@@ -110,6 +113,9 @@ def train(
 ) -> TrainResult:
     """Train a classifier on ``data`` and publish its best checkpoint as ``<store>/<name>/<version>``.
 
+    ``store`` is a directory or an object store URL (``s3://bucket/prefix``, see
+    :mod:`torchship.store.remote`); it is checked before training starts.
+
     ``trainer`` holds ``lightning.Trainer`` keyword arguments on top of :data:`TRAINER_DEFAULTS`
     (``default_root_dir`` is where checkpoints and logs go; default ``runs/<name>``). ``ckpt_path``
     resumes from a Lightning checkpoint (``"last"``: ``<default_root_dir>/checkpoints/last.ckpt``).
@@ -118,8 +124,10 @@ def train(
     model = model or ModelOptions()
     optim = optim or OptimOptions()
     validate_name(name)
-    model_store = ModelStore(store)
-    if version is not None and validate_version(version) in model_store.versions(name):
+    model_store = open_store(store)
+    # Reading the store first: a wrong bucket or missing credentials fail now, not after training.
+    published = model_store.versions(name)
+    if version is not None and validate_version(version) in published:
         raise VersionExistsError(f"{name} version {version} is already published; versions never change.")
     trainer_options = {**TRAINER_DEFAULTS, **(trainer or {})}
     root = Path(trainer_options.get("default_root_dir") or Path("runs") / name)
@@ -168,13 +176,15 @@ def train(
         training=_provenance(data, model, optim, datamodule, trainer or {}, monitor),
     )
     number = _publish(model_store, config, network, datamodule.tokenizer, metrics, version)
+    path = model_store.path(name, number) if isinstance(model_store, ModelStore) else None
     return TrainResult(
         name=name,
         version=number,
-        path=model_store.path(name, number),
+        path=path,
         metrics=metrics,
         best_checkpoint=best,
         model=network.eval(),
+        location=str(path) if path is not None else f"{_location(model_store)}/{name}/{number}",
     )
 
 
@@ -335,17 +345,17 @@ def _loggers(root: Path) -> list[Logger]:
 
 
 def _publish(
-    store: ModelStore,
+    store: ModelStore | ObjectStore,
     config: PackageConfig,
     network: TransformerClassifier,
     tokenizer: Tokenizer,
     metrics: Mapping[str, Any],
     version: int | None,
 ) -> int:
-    # config.json records its own version, but ModelStore.publish assigns the number only after the files
-    # are written; so pick the next number up front and retry if another publisher takes it first.
+    # config.json records its own version, but a store assigns the number only after the files are
+    # written; so pick the next number up front and retry if another publisher takes it first.
     for _ in range(5):
-        number = version if version is not None else (store.latest(config.name) or 0) + 1
+        number = version if version is not None else _next_version(store, config.name)
         final = replace(config, version=number)
 
         def write(directory: Path, final: PackageConfig = final) -> None:
@@ -357,7 +367,7 @@ def _publish(
                 state_dict=network.state_dict(),
                 tokenizer=tokenizer,
                 metrics=metrics,
-                card=model_card(final, metrics, store=store.root),
+                card=model_card(final, metrics, store=_location(store)),
                 plots={
                     "learning_curves.png": learning_curves_png(history),
                     "confusion_matrix.png": confusion_matrix_png(
@@ -372,6 +382,16 @@ def _publish(
             if version is not None:
                 raise
     raise VersionExistsError(f"could not claim a new version of {config.name}; try --version")
+
+
+def _next_version(store: ModelStore | ObjectStore, name: str) -> int:
+    if isinstance(store, ObjectStore):  # past the numbers that crashed publishes claimed
+        return store.next_version(name)
+    return (store.latest(name) or 0) + 1
+
+
+def _location(store: ModelStore | ObjectStore) -> str | Path:
+    return store.root if isinstance(store, ModelStore) else store.url
 
 
 def _provenance(
