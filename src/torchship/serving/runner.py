@@ -88,12 +88,17 @@ class ServerRunner:
             ]
             for names, _, address in listeners:
                 self._unused_sockets.append(_bind(address.host, address.port, names[0]))
-            await self.server.load_initial()
-            for (names, config, address), sock in zip(listeners, list(self._unused_sockets), strict=True):
-                await self._listen(names, config, address, sock)
+            # Signals first: start-up may download models for minutes, and as a container's PID 1 the
+            # process would ignore SIGTERM until it has a handler. One during start-up stops after it.
             if self.handle_signals and threading.current_thread() is threading.main_thread():
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     self._loop.add_signal_handler(signum, self._on_signal)
+            await self.server.load_initial()
+            if self._stop.is_set():
+                return
+            for (names, config, address), sock in zip(listeners, list(self._unused_sockets), strict=True):
+                await self._listen(names, config, address, sock)
+            self.server.start_watching()
             if on_started is not None:
                 on_started(self.server)
             ticks = [asyncio.ensure_future(uv.main_loop()) for uv, _ in self._uvicorns]  # Date header, exit
@@ -166,6 +171,7 @@ class ServerRunner:
             self.server.urls[name] = address.url(sock.getsockname()[1])
 
     async def _shutdown(self) -> None:
+        await self.server.stop_watching()  # no version registered or unregistered from here on
         self.server.registry.begin_shutdown()  # no worker replaced while the requests in flight finish
         for sock in self._unused_sockets:
             sock.close()
@@ -263,7 +269,7 @@ def print_urls(server: Server, runner: ServerRunner | None = None) -> None:
     )
     lines = [
         f"torchship: inference  {urls['inference']}",
-        f"torchship: management {urls['management']}",
+        f"torchship: management {_management_line(server)}",
         f"torchship: metrics    {urls['metrics']}/metrics",
     ]
     for name in server.registry.names():
@@ -272,15 +278,25 @@ def print_urls(server: Server, runner: ServerRunner | None = None) -> None:
         lines.append(f"torchship: model {name} (version {served.version}) -> POST {predict}")
         if isinstance(served.spec.api, TextClassifierAPI):
             lines.append(f"  try: curl -X POST {predict}{inference_auth} {_EXAMPLE}")
-    if keys is not None:
-        needs = "management and inference APIs need" if inference_auth else "management API needs"
+    management_on = "management" in urls
+    if keys is not None and (management_on or inference_auth):
+        apis = [api for api, on in (("management", management_on), ("inference", inference_auth)) if on]
+        needs = f"{' and '.join(apis)} API{'s need' if len(apis) > 1 else ' needs'}"
         where = (
             f"keys in {keys.path.resolve()} (owner-only)" if keys.owns_file else "keys given by the operator"
         )
         lines.append(f"torchship: {where}; the {needs} 'Authorization: Bearer <key>'")
-    lines.append(f"  list models: curl {urls['management']}/models{_auth_option(keys, 'management')}")
+    if management_on:
+        lines.append(f"  list models: curl {urls['management']}/models{_auth_option(keys, 'management')}")
     print("\n".join(lines), flush=True)
     sys.stdout.flush()
+
+
+def _management_line(server: Server) -> str:
+    mode = server.settings.management_api
+    if mode == "off":
+        return "off (--management_api off): publish to the store to change what is served"
+    return server.urls["management"] + (" (read-only: --management_api read_only)" if mode != "on" else "")
 
 
 def _auth_option(keys: Keys | None, kind: str) -> str:

@@ -7,7 +7,9 @@ their lifecycle live in :mod:`torchship.serving.runner`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +33,11 @@ from torchship.serving.runtime.snapshot import (
 )
 from torchship.serving.runtime.sources import ModelSources, Source
 from torchship.serving.runtime.versions import ServedVersion, VersionSpec
+from torchship.serving.runtime.watch import StoreWatcher
 from torchship.serving.settings import ModelSettings, ServerSettings
 from torchship.serving.text_classifier import BUILTIN_HANDLERS
 from torchship.store import ModelStore
+from torchship.store.view import LocalStoreView, StoreView
 
 __all__ = ["Health", "Registration", "Server"]
 
@@ -45,11 +49,16 @@ class Server:
 
     ``apis`` are models given as ``ModelAPI`` objects (``ModelAPI.start()``); their classes may also
     serve new versions registered through the management API. ``packages`` are package directories
-    given on the command line; with ``settings.store`` every version in the store is served too.
+    given on the command line, each under its own name or, given as ``(path, name)``, under ``name``
+    (KServe's InferenceService name); with ``settings.store`` every version in the store is served too.
     """
 
     def __init__(
-        self, settings: ServerSettings, *, apis: Sequence[ModelAPI] = (), packages: Sequence[Path] = ()
+        self,
+        settings: ServerSettings,
+        *,
+        apis: Sequence[ModelAPI] = (),
+        packages: Sequence[Path | tuple[Path, str]] = (),
     ) -> None:
         for device in {settings.model_defaults.device, *(api.settings.device for api in apis)}:
             if device not in ("auto", "cpu"):
@@ -57,7 +66,7 @@ class Server:
         self.settings = settings
         self.metrics = Metrics()
         self.registry = Registry(self.metrics)
-        store = ModelStore(settings.store) if settings.store is not None else None
+        store = ModelStore(settings.store_dir) if settings.store_dir is not None else None
         self.sources = ModelSources(
             store,
             settings.model_roots,
@@ -81,6 +90,8 @@ class Server:
         # them, so that after a restart an unregistered one stays unregistered while a version published
         # since, or one that could not load before, is served like any new version.
         self._known_store: dict[str, set[int]] = {}
+        # With an object store or --watch_store, the store's versions come from the watcher, not the sources.
+        self.watcher = self._store_watcher()
 
     # ----------------------------------------------------------------------------------- startup
     async def load_initial(self) -> list[ServedVersion]:
@@ -92,6 +103,9 @@ class Server:
             if any(s.name == spec.api.name and s.version == spec.version for s in registered):
                 continue
             registered.append(await self.registry.register(spec, workers=workers, synchronous=False))
+        if self.watcher is not None:  # registers the store's versions; they load while the server starts
+            await self.watcher.reconcile(wait=False)
+            registered += [v for v in self.registry.all_versions() if v not in registered]
         for name, version in [
             *self._archive_defaults.items(),
             *(snapshot.defaults if snapshot else {}).items(),
@@ -118,7 +132,7 @@ class Server:
                 name: [v for v in versions if (name, str(v)) not in lost]
                 for name, versions in snapshot.store_versions.items()
             }
-        store_sources = self.sources.store_sources()
+        store_sources = self.sources.store_sources() if self.watcher is None else []
         for name, versions in known_before.items():
             self._known_store.setdefault(name, set()).update(versions)
         for source in store_sources:
@@ -138,8 +152,10 @@ class Server:
         for api in self._apis:
             url = str(api.model_path) if api.model_path is not None else ""
             specs.append((VersionSpec(api, "1", url, _qualname(type(api)), True), api.settings.worker_count))
-        for path in self._packages:
-            specs.append((self._spec(self.sources.package(path), defaults, True), defaults.worker_count))
+        for package in self._packages:
+            path, served_as = package if isinstance(package, tuple) else (package, "")
+            source = self.sources.package(path, served_as or None)
+            specs.append((self._spec(source, defaults, True), defaults.worker_count))
         from_snapshot = {(spec.api.name, spec.version) for spec, _ in specs}
         for source in self.sources.startup_archives(self.settings.models):
             if (source.name, source.version) in from_snapshot:  # the snapshot's record of it wins
@@ -290,6 +306,54 @@ class Server:
                 workers, min(settings["max_workers"], self.settings.max_workers_per_version)
             )
         return ModelSettings.from_dict(settings)
+
+    # ----------------------------------------------------------------------------- the store watcher
+    def _store_watcher(self) -> StoreWatcher | None:
+        settings = self.settings
+        if settings.store_url is None and (settings.store_dir is None or settings.watch_store is None):
+            return None
+        return StoreWatcher(
+            self._store_view(),
+            self.registry,
+            self.metrics,
+            self._store_version,
+            interval=settings.watch_store,
+            keep_versions=settings.keep_versions,
+        )
+
+    def _store_view(self) -> StoreView:
+        settings = self.settings
+        if settings.store_url is None:
+            assert settings.store_dir is not None
+            return LocalStoreView(ModelStore(settings.store_dir))
+        from torchship.store.cache import RemoteStoreView, VersionCache
+        from torchship.store.remote import ObjectStore
+
+        cache = VersionCache(settings.store_cache or _default_store_cache(), settings.store_cache_size)
+        return RemoteStoreView(ObjectStore(settings.store_url), cache)
+
+    def _store_version(self, name: str, version: int, path: Path) -> tuple[VersionSpec, int, int]:
+        """What the watcher registers for a store version fetched into ``path`` (off the event loop), and
+        its workers as the default and otherwise."""
+        source = self.sources.package(path, name, str(version))
+        if self.settings.store_url is not None:  # shown as where it came from, not the cache folder
+            source = dataclasses.replace(
+                source, url=f"{self.settings.store_url.rstrip('/')}/{name}/{version}"
+            )
+        defaults = self.settings.model_defaults
+        # As at start from a directory store: older versions one worker each unless --workers says.
+        otherwise = defaults.worker_count if defaults.workers is not None else 1
+        return self._spec(source, defaults), defaults.worker_count, otherwise
+
+    def start_watching(self) -> None:
+        """Poll the store from now on (with ``watch_store``; the server listens already)."""
+        if self.watcher is not None:
+            self.watcher.start()
+
+    async def stop_watching(self) -> None:
+        """Stop polling the store (first thing at shutdown)."""
+        if self.watcher is not None:
+            await self.watcher.stop()
 
     # -------------------------------------------------------------------------------- operations
     async def register(self, registration: Registration) -> tuple[ServedVersion, int]:
@@ -536,6 +600,12 @@ def _cannot_serve(served: ServedVersion) -> str | None:
     if served.load_error is not None:
         return f"no worker could load the model: {served.load_error}"
     return "its workers are still loading the model"
+
+
+def _default_store_cache() -> Path:
+    """``$XDG_CACHE_HOME/torchship/store`` (``~/.cache/torchship/store``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "torchship" / "store"
 
 
 def _log_ignored(keys: Sequence[str], where: str) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from torchship.dataclass_fields import reject_unknown_fields
 from torchship.devices import check_device
 from torchship.errors import ConfigError
+from torchship.store.urls import is_store_url
 
 __all__ = [
     "DEFAULT_MAX_REQUEST_SIZE",
@@ -45,6 +46,8 @@ MAX_TIMEOUT_S = 86_400.0
 MAX_WORKERS_LIMIT = 4096
 
 GiB = 1 << 30
+
+MANAGEMENT_API_MODES = ("on", "read_only", "off")
 
 
 @dataclass(frozen=True)
@@ -225,8 +228,25 @@ class ServerSettings:
     """Most worker processes the server runs in all, over every version."""
 
     # ------------------------------------------------------------------ models and the store
-    store: Path | None = None
-    """Model store served at start (every model, every version) and where archives are published."""
+    store: str | None = None
+    """Model store served at start (every model, every version) and where archives are published: a
+    directory, or an object store URL (``s3://bucket/prefix``; ``gs://`` and ``az://`` with the ``gcs`` and
+    ``azure`` extras), read with the usual credentials of its SDK (``AWS_*`` environment variables, say).
+    Versions from an object store are downloaded into ``store_cache`` and checked before they load."""
+    store_cache: Path | None = None
+    """Where versions from an object store are downloaded; None: ``$XDG_CACHE_HOME/torchship/store``
+    (``~/.cache/torchship/store``). Unused for a directory store."""
+    store_cache_size: int = 20 * GiB
+    """Bytes the store cache may hold; the least recently used versions that are not served are evicted."""
+    watch_store: float | None = None
+    """Poll the store every this many seconds and converge on it: a newly published version is loaded,
+    warmed and then made the default; a version removed from the store is drained and unloaded. None: the
+    store is read once, at start. Replicas that watch one store serve the same versions."""
+    keep_versions: int | None = None
+    """Serve only the newest N versions of each model in the store (plus a pinned one); None: all."""
+    management_api: str = "on"
+    """``on``; ``read_only`` (describe and list only: calls that change what is served are a 403), for
+    replicas that must not drift apart; or ``off`` (no management listener)."""
     model_roots: tuple[Path, ...] = ()
     """Directories outside the store from which the management API may register packages by path."""
     max_archive_size: int = 2 * GiB
@@ -296,7 +316,18 @@ class ServerSettings:
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key: give both (HTTPS) or neither (HTTP)")
-        for name in ("store", "snapshot", "tls_cert", "tls_key", "model_store", "archive_cache"):
+        if self.watch_store is not None:
+            _check_number("watch_store", self.watch_store, minimum=0.1, maximum=MAX_TIMEOUT_S)
+        if self.keep_versions is not None:
+            _check_int("keep_versions", self.keep_versions, minimum=1, maximum=1_000_000)
+        _check_int("store_cache_size", self.store_cache_size, minimum=1)
+        if self.management_api not in MANAGEMENT_API_MODES:
+            raise ConfigError(
+                f"management_api: {self.management_api!r} is not one of {', '.join(MANAGEMENT_API_MODES)}"
+            )
+        if self.store is not None:
+            object.__setattr__(self, "store", str(self.store))
+        for name in ("snapshot", "tls_cert", "tls_key", "model_store", "archive_cache", "store_cache"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         object.__setattr__(self, "key_file", Path(self.key_file))
@@ -311,7 +342,20 @@ class ServerSettings:
             return None
         if self.snapshot is not None:
             return self.snapshot
-        return self.store / ".serve-snapshot.json" if self.store is not None else None
+        # Watching a store, or serving an object store, the store is the record of what is served.
+        if self.store is None or self.watch_store is not None or self.store_url is not None:
+            return None
+        return Path(self.store) / ".serve-snapshot.json"
+
+    @property
+    def store_url(self) -> str | None:
+        """``store`` when it is an object store URL (``s3://...``), else None."""
+        return self.store if self.store is not None and is_store_url(self.store) else None
+
+    @property
+    def store_dir(self) -> Path | None:
+        """``store`` when it is a directory, else None."""
+        return Path(self.store) if self.store is not None and not is_store_url(self.store) else None
 
 
 def usable_cores() -> int:

@@ -238,7 +238,8 @@ def read_key_file(path: Path) -> dict[str, Key]:
     """The keys in a key file of TorchServe's shape (``expiration time`` optional); a :class:`ConfigError`
     names what is wrong with it."""
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
+        mode = info.st_mode
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(
@@ -247,7 +248,10 @@ def read_key_file(path: Path) -> dict[str, Key]:
         ) from exc
     except (OSError, ValueError) as exc:
         raise ConfigError(f"key_file {path} cannot be read as JSON ({exc})") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    # Group access is fine for a group this process runs in: Kubernetes mounts a Secret into a pod with
+    # an fsGroup as mode 0440, owned by the pod's own group.
+    own_groups = {os.getegid(), *os.getgroups()}
+    if mode & stat.S_IRWXO or (mode & stat.S_IRWXG and info.st_gid not in own_groups):
         logger.warning("key_file %s can be read by other users (mode %o); chmod 600 it", path, mode & 0o777)
     if not isinstance(data, dict):
         raise ConfigError(f'key_file {path}: expected a JSON object like {{"management": {{"key": "..."}}}}')

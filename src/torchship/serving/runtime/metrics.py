@@ -319,6 +319,20 @@ class Metrics:
             ("listener", "route", "status"),
             registry=self.registry,
         )
+        self.store_passes = Counter(
+            "torchship_store_watch_passes",
+            "Passes of the store watcher (--watch_store) by outcome: ok, or failed (the store could not be "
+            "read; nothing was changed).",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.store_failures = Counter(
+            "torchship_store_failures",
+            "Store versions the watcher could not download, check or load, by model and version (each is "
+            "tried again on the next pass).",
+            _LABELS,
+            registry=self.registry,
+        )
         self.hostname = socket.gethostname()
         self.ts_requests = TorchServeCounter("ts_inference_requests_total", "Count", _TS_LABELS)
         self.ts_latency = TorchServeCounter("ts_inference_latency_microseconds", "Microseconds", _TS_LABELS)

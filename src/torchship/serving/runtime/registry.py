@@ -170,6 +170,14 @@ class Registry:
         model.default, model.explicit_default = version, True
         self._changed()
 
+    def clear_default(self, name: str) -> None:
+        """Forget an explicit default: the default is picked by the rule again (the latest serving
+        version), from the next request on."""
+        model = self._model(name)
+        model.explicit_default = False
+        model.pick_default()
+        self._changed()
+
     async def scale(
         self, name: str, version: str | None, workers: int, *, synchronous: bool
     ) -> ServedVersion:
