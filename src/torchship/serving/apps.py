@@ -10,7 +10,9 @@ With token authorization on, the management app also serves TorchServe's token A
 ``GET /token?type=management|inference``. Each app answers ``OPTIONS /`` and ``GET /api-description``
 with the OpenAPI description of its own routes (``protocols/openapi.py``).
 Listeners bound to one address (KServe's TorchServe config puts inference and management on one port)
-serve their apps through one :class:`SharedApp`.
+serve their apps through one :class:`SharedApp`. With ``management_api="off"`` no listener serves the
+management app (:func:`~torchship.serving.http.addresses.listener_groups` leaves it out), so a shared
+address has no management routes either; ``"read_only"`` is the management routes' own business.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def inference_app(server: Server, edge: Edge | None = None) -> App:
 
 def management_app(server: Server, edge: Edge | None = None, keys: Keys | None = None) -> App:
     """TorchServe's management API, and its token API when there are ``keys``."""
-    routes = management_routes(server) + (token_routes(keys) if keys is not None else [])
+    read_only = server.settings.management_api == "read_only"
+    routes = management_routes(server) + (token_routes(keys, read_only=read_only) if keys is not None else [])
     observe = server.metrics.observer("management")
     return App(Router(routes + description_routes("management", routes)), torchserve_error, edge, observe)
 

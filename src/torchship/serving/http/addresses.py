@@ -107,9 +107,12 @@ def listener_groups(settings: ServerSettings, addresses: dict[str, Address]) -> 
 
     As in TorchServe, two ``*_address`` settings that say the same host and port share it even at port 0
     (one free port for both); a port 0 from ``*_port`` is a free port of that listener's own. Listeners on
-    one socket speak the same scheme (a :class:`ConfigError` otherwise)."""
+    one socket speak the same scheme (a :class:`ConfigError` otherwise). With ``management_api="off"``
+    there is no management listener: no socket of its own, no management routes on a shared one."""
     groups: dict[tuple[str, int] | str, list[str]] = {}
     for name in LISTENERS:
+        if name == "management" and settings.management_api == "off":
+            continue
         address = addresses[name]
         own_free_port = address.port == 0 and getattr(settings, f"{name}_address") is None
         key: tuple[str, int] | str = name if own_free_port else (address.host.lower(), address.port)

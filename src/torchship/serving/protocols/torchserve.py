@@ -5,6 +5,11 @@ Routes, query parameters, status codes and JSON bodies follow TorchServe's ``inf
 defaults to the server's ``--workers`` (TorchServe's 0 leaves a model unusable until scaled);
 ``DELETE /models/{model}`` unregisters every version of the model; removing the default version moves the
 default to the latest version left (TorchServe refuses with 403).
+
+With ``management_api="read_only"`` (replicas of a fleet, which must not drift apart), listing and
+describing work and every call that changes what is served (register, scale, set-default, unregister) is a
+403 that says to publish to the store instead; ``"off"`` serves no management listener at all (see
+:mod:`~torchship.serving.runner`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,15 @@ from typing import Any
 from torchship.errors import TorchshipError, UserInputError
 from torchship.serving.errors import ErrorResponse
 from torchship.serving.http.auth import Keys
-from torchship.serving.http.routing import JSON, Request, Response, Route, Scope, json_response
+from torchship.serving.http.routing import (
+    JSON,
+    Endpoint,
+    Request,
+    Response,
+    Route,
+    Scope,
+    json_response,
+)
 from torchship.serving.json_body import parse_json
 from torchship.serving.protocols.describe import describe, paginate
 from torchship.serving.protocols.multipart import FormLimits, form_input, form_parameters, is_form
@@ -29,9 +42,11 @@ from torchship.serving.server import Registration, Server
 from torchship.serving.workers.batch import Outcome
 
 __all__ = [
+    "ManagementReadOnlyError",
     "inference_routes",
     "management_routes",
     "outcome_response",
+    "read_only_refusal",
     "registration_from",
     "token_routes",
     "torchserve_error",
@@ -225,8 +240,38 @@ def _header_problem(name: str, value: str, count: int) -> str | None:
     return None
 
 
+class ManagementReadOnlyError(TorchshipError):
+    """A call that changes what is served, on a server whose management API is read-only."""
+
+    status = 403
+    type = "ForbiddenException"
+
+
+def read_only_refusal(action: str) -> ManagementReadOnlyError:
+    """The 403 for ``action`` (``"registering a model"``...) under ``management_api="read_only"``."""
+    return ManagementReadOnlyError(
+        f"The management API is read-only on this server (--management_api read_only), so {action} is "
+        "refused: a change to one replica would make it serve something the others do not. Publish the "
+        "version to the store (torchship train --store ...; a PINNED file there picks the default) and "
+        "let the replicas pick it up (--watch_store), or run this server with --management_api on to "
+        "manage it by hand"
+    )
+
+
+def _mutation(server: Server, action: str, handler: Endpoint) -> Endpoint:
+    """``handler``, or under ``management_api="read_only"`` a handler that refuses before reading the
+    request (a refused call changes nothing, not even a queued registration)."""
+    if server.settings.management_api != "read_only":
+        return handler
+
+    async def refuse(request: Request) -> Response:
+        raise read_only_refusal(action)
+
+    return refuse
+
+
 def management_routes(server: Server) -> list[Route]:
-    """TorchServe's management API on ``/models``."""
+    """TorchServe's management API on ``/models`` (read-only with ``management_api="read_only"``)."""
     registry = server.registry
 
     async def list_models(request: Request) -> Response:
@@ -280,16 +325,20 @@ def management_routes(server: Server) -> list[Route]:
         await registry.unregister(name, request.params.get("version"))
         return json_response({"status": f'Model "{name}" unregistered'})
 
+    registering = _mutation(server, "registering a model", register)
+    scaling = _mutation(server, "scaling workers", scale)
+    defaulting = _mutation(server, "setting the default version", set_default)
+    unregistering = _mutation(server, "unregistering a model", unregister)
     return [
         Route("GET", "/models", list_models),
-        Route("POST", "/models", register),
+        Route("POST", "/models", registering),
         Route("GET", "/models/{model}", describe_model),
-        Route("PUT", "/models/{model}", scale),
-        Route("DELETE", "/models/{model}", unregister),
+        Route("PUT", "/models/{model}", scaling),
+        Route("DELETE", "/models/{model}", unregistering),
         Route("GET", "/models/{model}/{version}", describe_model),
-        Route("PUT", "/models/{model}/{version}", scale),
-        Route("DELETE", "/models/{model}/{version}", unregister),
-        Route("PUT", "/models/{model}/{version}/set-default", set_default),
+        Route("PUT", "/models/{model}/{version}", scaling),
+        Route("DELETE", "/models/{model}/{version}", unregistering),
+        Route("PUT", "/models/{model}/{version}/set-default", defaulting),
     ]
 
 
@@ -369,9 +418,11 @@ def _as_param(key: str, value: object) -> str:
     raise UserInputError(f"Registration parameter {key[:40]!r} must be a string, number or boolean")
 
 
-def token_routes(keys: Keys) -> list[Route]:
+def token_routes(keys: Keys, *, read_only: bool = False) -> list[Route]:
     """TorchServe's token API: ``GET /token?type=management|inference`` replaces that key and answers the
-    new one (``{"management": {"key": ...}}``); the edge's guard asks for the API key."""
+    new one (``{"management": {"key": ...}}``); the edge's guard asks for the API key. ``read_only``
+    (``management_api="read_only"``): a 403, since a key replaced on one replica would differ from the
+    others' (replace the key file the replicas read instead)."""
 
     async def token(request: Request) -> Response:
         kind = request.query.get("type", "")
@@ -381,7 +432,10 @@ def token_routes(keys: Keys) -> list[Route]:
             )
         return json_response({kind: keys.rotate(kind).entry()})
 
-    return [Route("GET", "/token", token)]
+    async def refuse(request: Request) -> Response:
+        raise read_only_refusal("replacing a key")
+
+    return [Route("GET", "/token", refuse if read_only else token)]
 
 
 def torchserve_error(error: ErrorResponse, scope: Scope | None = None) -> Response:
