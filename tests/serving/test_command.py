@@ -40,7 +40,7 @@ def test_help_lists_every_setting_once_with_its_docstring(capsys: pytest.Capture
     out = capsys.readouterr().out
     listed = Counter(re.findall(r"^  (--\w+)", out, flags=re.M))
     expected = {f"--{setting.name}" for setting in SETTINGS} | {"--config", "--print_config", "--model"}
-    expected.add("--ts_config")
+    expected |= {"--ts_config", "--model_dir", "--model_name"}
     assert set(listed) == expected
     assert set(listed.values()) == {1}
     assert "--no_snapshot" in out  # use_snapshot's other name, on the same line
@@ -286,3 +286,92 @@ def test_a_bad_ts_config_is_one_line_naming_the_key_and_line(
     assert err.startswith("error: config.properties:2: models is not valid JSON") and err.count("\n") == 1
     assert main(["serve", "--ts_config", str(tmp_path / "none.properties")]) == 2
     assert "cannot read the TorchServe config" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ --model_dir: KServe's /mnt/models
+
+
+def _touch(path: Path, text: str = "{}") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _parse_with_defaults(*args: str) -> Any:
+    """``serve`` arguments parsed as ``torchship serve`` parses them (``--ts_config``/``--model_dir``
+    defaults first)."""
+    from torchship.serving.command import apply_ts_config
+
+    parser = build_parser(only="serve")
+    apply_ts_config(parser, ["serve", *args], {})
+    return parser.parse_args(["serve", *args])["serve"]
+
+
+def test_model_dir_tells_the_three_layouts_apart(tmp_path: Path) -> None:
+    from torchship.serving.command import find_model_dir
+
+    package = tmp_path / "package"
+    _touch(package / "config.json")
+    store = tmp_path / "store"
+    _touch(store / "bbc" / "2" / "config.json")
+    torchserve = tmp_path / "torchserve"
+    _touch(torchserve / "model-store" / "bbc.mar", "")
+    config = _touch(torchserve / "config" / "config.properties", "job_queue_size=10\n")
+    bare_torchserve = tmp_path / "bare"
+    (bare_torchserve / "model-store").mkdir(parents=True)
+    found = {path.name: find_model_dir(path) for path in (package, store, torchserve, bare_torchserve)}
+    assert {name: dir.layout for name, dir in found.items()} == {
+        "package": "package",
+        "store": "store",
+        "torchserve": "torchserve",
+        "bare": "torchserve",
+    }
+    assert (found["torchserve"].ts_config, found["bare"].ts_config) == (config, None)
+
+
+def test_an_unknown_or_missing_model_dir_says_what_it_found_and_what_it_expects(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _touch(tmp_path / "model.pt", "")
+    _touch(tmp_path / "bbc" / "notes.txt", "")
+    assert main(["serve", "--model_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"--model_dir {tmp_path} holds bbc/, model.pt, none of the layouts it serves" in err
+    assert (
+        "expected a torchship package (config.json at the top); a store (<name>/<version>/config.json)" in err
+    )
+    assert "TorchServe's layout (model-store/ with the .mar archives, config/config.properties)" in err
+    assert main(["serve", "--model_dir", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert f"--model_dir {tmp_path / 'absent'}: found nothing there; expected a folder holding" in err
+    assert "give the InferenceService a storageUri, or give --store instead" in err
+
+
+def test_a_torchserve_model_dir_gives_model_store_ts_config_and_all_models_as_defaults(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "model-store"
+    store.mkdir()
+    # KServe's file names /mnt/models/model-store: the folder's own model-store wins over it.
+    _touch(
+        tmp_path / "config" / "config.properties", "job_queue_size=10\nmodel_store=/mnt/models/model-store\n"
+    )
+    cfg = _parse_with_defaults("--model_dir", str(tmp_path))
+    assert (str(cfg.model_store), cfg.models, cfg.job_queue_size) == (str(store), ["all"], 10)
+    assert cfg.ts_config == str(tmp_path / "config" / "config.properties")
+    # Options given still win over what the folder and its file stand for.
+    cfg = _parse_with_defaults("--model_dir", str(tmp_path), "--models", "a.mar", "--job_queue_size", "5")
+    assert (cfg.models, cfg.job_queue_size) == (["a.mar"], 5)
+    # The models a config.properties names are served, not all of them.
+    _touch(tmp_path / "config" / "config.properties", "load_models=b.mar\n")
+    assert _parse_with_defaults("--model_dir", str(tmp_path)).models == ["b.mar"]
+
+
+def test_a_store_model_dir_is_the_store_and_an_explicit_store_wins(tmp_path: Path) -> None:
+    _touch(tmp_path / "bbc" / "1" / "config.json")
+    settings = serve_settings(_parse_with_defaults("--model_dir", str(tmp_path), "--model_name", "news"))
+    assert settings.store == str(tmp_path)
+    # With --store (an InferenceService without a storageUri), /mnt/models is not even looked at.
+    cfg = _parse_with_defaults("--model_dir", str(tmp_path / "absent"), "--store", "s3://bucket/models")
+    assert serve_settings(cfg).store == "s3://bucket/models"
