@@ -119,6 +119,23 @@ def test_a_version_not_published_is_a_package_error(store: ObjectStore, tmp_path
     assert _cached(cache) == []
 
 
+def test_a_version_over_the_size_or_file_limits_is_refused_before_download(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    small = VersionCache(tmp_path / "small", max_bytes=10 * SIZE, max_package_bytes=SIZE - 1)
+    with pytest.raises(PackageError, match=rf"holds {SIZE} bytes, more than the {SIZE - 1} allowed"):
+        small.get(store, "bbc", 1)
+    tiny = VersionCache(tmp_path / "tiny", max_bytes=SIZE - 1)  # bigger than the whole cache
+    with pytest.raises(PackageError, match="--store_cache_size"):
+        tiny.get(store, "bbc", 1)
+    few = VersionCache(tmp_path / "few", max_bytes=10 * SIZE, max_package_files=1)
+    with pytest.raises(PackageError, match=r"holds 2 files, more than the 1 allowed \(--max_package_files\)"):
+        few.get(store, "bbc", 1)
+    for cache in (small, tiny, few):
+        assert _cached(cache) == []
+        assert not cache.root.exists() or not any(cache.root.rglob("*.safetensors"))
+
+
 def test_least_recently_used_versions_are_evicted_first(store: ObjectStore, tmp_path: Path) -> None:
     # Room for two versions (each SIZE bytes plus its cached marker of a few hundred bytes).
     cache = VersionCache(tmp_path / "cache", max_bytes=2 * SIZE + 1000, clock=Clock())

@@ -102,6 +102,17 @@ def _publish_one(root: str) -> int:
     return ModelStore(root).publish("bbc", _writer(str(os.getpid())))
 
 
+def test_a_copied_object_store_version_without_its_commit_marker_is_not_published(tmp_path: Path) -> None:
+    """KServe's storage initializer copies an object store prefix as it finds it: a version whose publish
+    had claimed its number but not committed (``.claim``, no ``.published.json``) is not a version."""
+    store = ModelStore(tmp_path)
+    for version in (1, 2):
+        store.publish("bbc", lambda d: (d / "config.json").write_text("{}"))
+        (tmp_path / "bbc" / str(version) / ".claim").write_text("{}")
+    (tmp_path / "bbc" / "1" / ".published.json").write_text("{}")
+    assert store.versions("bbc") == [1]
+
+
 def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         versions = pool.map(_publish_one, [str(tmp_path)] * 8)

@@ -329,7 +329,12 @@ class Server:
         from torchship.store.cache import RemoteStoreView, VersionCache
         from torchship.store.remote import ObjectStore
 
-        cache = VersionCache(settings.store_cache or _default_store_cache(), settings.store_cache_size)
+        cache = VersionCache(
+            settings.store_cache or _default_store_cache(),
+            settings.store_cache_size,
+            max_package_bytes=settings.max_package_size,
+            max_package_files=settings.max_package_files,
+        )
         return RemoteStoreView(ObjectStore(settings.store_url), cache)
 
     def _store_version(self, name: str, version: int, path: Path) -> tuple[VersionSpec, int, int]:

@@ -75,7 +75,9 @@ class VersionCache:
     :meth:`evict` has run (the versions it must keep may exceed the bound: it warns then).
 
     ``clock`` gives the time in seconds since the epoch (use stamps); ``retry_delay`` is the pause before
-    the second download attempt, doubled before each further one.
+    the second download attempt, doubled before each further one. ``max_package_bytes`` and
+    ``max_package_files`` bound one version, checked against its commit marker before anything is
+    downloaded (a version bigger than the whole cache is refused as well).
     """
 
     def __init__(
@@ -86,6 +88,8 @@ class VersionCache:
         attempts: int = DOWNLOAD_ATTEMPTS,
         retry_delay: float = 0.5,
         clock: Callable[[], float] = time.time,
+        max_package_bytes: int | None = None,
+        max_package_files: int | None = None,
     ) -> None:
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be 0 or more, got {max_bytes}")
@@ -96,6 +100,8 @@ class VersionCache:
         self.attempts = attempts
         self.retry_delay = retry_delay
         self.clock = clock
+        self.max_package_bytes = max_bytes if max_package_bytes is None else min(max_bytes, max_package_bytes)
+        self.max_package_files = max_package_files
         self._last_stamp = 0
 
     def path(self, store: ObjectStore, name: str, version: int) -> Path:
@@ -164,7 +170,26 @@ class VersionCache:
             )
         return removed
 
+    def _check_size(self, store: ObjectStore, name: str, version: int) -> None:
+        """Refuse a version whose marker declares more bytes or files than allowed, before downloading."""
+        try:
+            files = store.manifest(name, version)["files"]
+        except NotFoundError as exc:
+            raise PackageError(f"{name} version {version} from {store.url}: {exc.message}") from exc
+        total = sum(entry["size"] for entry in files.values())
+        if total > self.max_package_bytes:
+            raise PackageError(
+                f"{name} version {version} from {store.url} holds {total} bytes, more than the "
+                f"{self.max_package_bytes} allowed (--max_package_size, --store_cache_size)"
+            )
+        if self.max_package_files is not None and len(files) > self.max_package_files:
+            raise PackageError(
+                f"{name} version {version} from {store.url} holds {len(files)} files, more than the "
+                f"{self.max_package_files} allowed (--max_package_files)"
+            )
+
     def _download(self, store: ObjectStore, name: str, version: int, target: Path) -> None:
+        self._check_size(store, name, version)
         target.parent.mkdir(parents=True, exist_ok=True)
         _note_store(target.parent.parent, store.url)
         failure: TorchshipError | None = None

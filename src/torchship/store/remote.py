@@ -51,7 +51,14 @@ from torchship.errors import (
     VersionExistsError,
     VersionNotFoundError,
 )
-from torchship.store.store import CONFIG_FILE, ModelStore, validate_name, validate_version
+from torchship.store.store import (
+    CLAIM_FILE,
+    CONFIG_FILE,
+    MARKER_FILE,
+    ModelStore,
+    validate_name,
+    validate_version,
+)
 from torchship.store.urls import OBJECT_STORE_SCHEMES, is_store_url
 from torchship.store.view import MAX_PIN_SIZE, PIN_FILE, parse_pin
 
@@ -65,8 +72,6 @@ __all__ = [
     "verify_files",
 ]
 
-MARKER_FILE = ".published.json"
-CLAIM_FILE = ".claim"
 MARKER_FORMAT = 1
 MAX_MARKER_BYTES = 1 << 20
 """Largest commit marker read (a real one lists a few files in a few hundred bytes)."""

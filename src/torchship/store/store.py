@@ -31,6 +31,10 @@ from torchship.files import fsync_directory
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TMP_PREFIX = ".tmp-"
 CONFIG_FILE = "config.json"
+MARKER_FILE = ".published.json"
+"""An object store version's commit marker (:mod:`torchship.store.remote`), written last."""
+CLAIM_FILE = ".claim"
+"""An object store version's claim, written first."""
 
 
 def validate_name(name: str) -> str:
@@ -86,7 +90,10 @@ class ModelStore:
         return sorted(
             int(entry.name)
             for entry in folder.iterdir()
-            if entry.name.isdigit() and not entry.name.startswith("0") and (entry / CONFIG_FILE).is_file()
+            if entry.name.isdigit()
+            and not entry.name.startswith("0")
+            and (entry / CONFIG_FILE).is_file()
+            and not _unfinished_copy(entry)
         )
 
     def latest(self, name: str) -> int | None:
@@ -188,6 +195,12 @@ def resolve_model(ref: str | Path) -> Path:
         raise PackageError(f"{candidate} is not a model package directory (it is a file).")
     store = ModelStore(candidate.parent)
     return store.path(validate_name(candidate.name), version)
+
+
+def _unfinished_copy(version_dir: Path) -> bool:
+    """Whether ``version_dir`` is a copy of an object store version whose publish had not committed (a
+    claim without a commit marker: KServe's storage initializer copies a whole prefix as it finds it)."""
+    return (version_dir / CLAIM_FILE).is_file() and not (version_dir / MARKER_FILE).is_file()
 
 
 def _fsync_tree(root: Path) -> None:
