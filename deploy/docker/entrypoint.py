@@ -54,7 +54,7 @@ def torchship_command(args: Sequence[str], environ: Mapping[str, str]) -> list[s
     if args[0] == "serve":
         for variable, option in OPTIONS_FROM_ENVIRONMENT.items():
             if environ.get(variable):
-                command += [option, environ[variable]]
+                command.append(f"{option}={environ[variable]}")  # one word: a value never reads as an option
     return command + args[1:]
 
 

@@ -175,8 +175,8 @@ def test_options_alone_mean_serve_and_the_environment_gives_defaults_the_command
         "TORCHSHIP_KEY_FILE": "/k.json",
     }
     command = ENTRYPOINT.torchship_command(["--store", "m", "--host", "10.0.0.5"], environ)
-    assert command == [sys.executable, "-m", "torchship", "serve", "--host", "0.0.0.0", "--inference_port",
-                       "9000", "--key_file", "/k.json", "--store", "m", "--host", "10.0.0.5"]  # fmt: skip
+    assert command == [sys.executable, "-m", "torchship", "serve", "--host=0.0.0.0", "--inference_port=9000",
+                       "--key_file=/k.json", "--store", "m", "--host", "10.0.0.5"]  # fmt: skip
     settings = serve_settings(build_parser(only="serve").parse_args(command[3:]).serve)
     assert (settings.host, settings.inference_port, settings.key_file) == ("10.0.0.5", 9000, Path("/k.json"))
     # Other commands are torchship's as they are, and get no serve options.

@@ -388,6 +388,12 @@ def test_the_runtime_stops_cleanly_on_sigterm(served: Served) -> None:
         assert runtime.stop() == 0, runtime.tail()
 
 
+def _bytes(quantity: str) -> int:
+    """A Kubernetes quantity in binary units (``10Gi``) as bytes."""
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
 def test_the_fleet_example_reads_its_store_itself_with_the_runtime_s_arguments() -> None:
     # KServe appends an InferenceService's args to the runtime's; with --store, --model_dir is not read
     # (nothing is at /mnt/models without a storageUri).
@@ -400,8 +406,20 @@ def test_the_fleet_example_reads_its_store_itself_with_the_runtime_s_arguments()
     assert (settings.store, settings.watch_store, settings.keep_versions) == (
         "s3://torchship-models/production",
         30,
-        2,
+        1,
     )
+    # The version cache fits the runtime's cache volume, and the pod's ephemeral storage holds both.
+    volume = _one("ClusterServingRuntime")["spec"]["volumes"][0]
+    assert volume["name"] == "torchship-cache"
+    assert settings.store_cache_size < _bytes(volume["emptyDir"]["sizeLimit"])
+    assert _bytes(volume["emptyDir"]["sizeLimit"]) < _bytes(
+        container["resources"]["limits"]["ephemeral-storage"]
+    )
+    assert {"name": "XDG_CACHE_HOME", "value": "/var/cache/torchship"} in container["env"]
+    assert {"name": "torchship-cache", "mountPath": "/var/cache/torchship"} in container["volumeMounts"]
+    # A long first download is covered by the start-up probe, not killed by liveness.
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"] >= 600
     assert (settings.management_api, settings.model_store, settings.snapshot_path) == (
         "read_only",
         None,
