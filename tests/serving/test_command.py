@@ -329,6 +329,35 @@ def test_model_dir_tells_the_three_layouts_apart(tmp_path: Path) -> None:
     assert (found["torchserve"].ts_config, found["bare"].ts_config) == (config, None)
 
 
+def test_a_model_dir_copied_from_an_object_store_is_checked_against_its_commit_marker(tmp_path: Path) -> None:
+    """KServe's storage initializer copies a version as it finds it: an unfinished publish (a claim, no
+    marker) is refused, and with a marker every file must be the one published."""
+    import json
+
+    from torchship.errors import ConfigError
+    from torchship.serving.command import find_model_dir
+    from torchship.store.remote import file_digest
+
+    package = tmp_path / "package"
+    _touch(package / "config.json", '{"name": "bbc"}')
+    _touch(package / "model.safetensors", "weights")
+    _touch(package / ".claim", "{}")
+    with pytest.raises(ConfigError, match=r"a version whose publish had not finished \(\.claim but no"):
+        find_model_dir(package)
+
+    files = {
+        name: {"size": (package / name).stat().st_size, "sha256": file_digest(package / name)}
+        for name in ("config.json", "model.safetensors")
+    }
+    marker = {"format": 1, "name": "bbc", "version": 3, "files": files}
+    _touch(package / ".published.json", json.dumps(marker))
+    assert find_model_dir(package).layout == "package"
+
+    _touch(package / "model.safetensors", "WEIGHTS")  # same size, other bytes
+    with pytest.raises(ConfigError, match=r"model\.safetensors: sha256 differs from the one written"):
+        find_model_dir(package)
+
+
 def test_an_unknown_or_missing_model_dir_says_what_it_found_and_what_it_expects(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

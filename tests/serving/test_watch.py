@@ -7,6 +7,7 @@ server shows (describe, metrics), never on time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -15,12 +16,23 @@ from typing import Any
 
 import httpx
 import pytest
+from serving_handlers import HangOnLoadAPI
 from serving_support import metric, publish_classifier, running, settings, wait_ready, wait_until
 from watch_support import load, serves, switched, versions
 
 from torchship.serving import Server
-from torchship.serving.runtime.watch import default_version, wanted_versions
+from torchship.serving.runtime.metrics import Metrics
+from torchship.serving.runtime.registry import Registry
+from torchship.serving.runtime.watch import (
+    MAX_RETRY_DELAY,
+    StoreWatcher,
+    default_version,
+    retry_delay,
+    wanted_versions,
+)
 from torchship.serving.settings import ModelSettings
+from torchship.store import ModelStore
+from torchship.store.view import LocalStoreView
 
 INTERVAL = 0.3
 
@@ -39,6 +51,37 @@ def test_the_default_is_the_pinned_version_else_the_newest() -> None:
     assert default_version([1, 2, 3], 2) == 2
     assert default_version([1, 2, 3], 9) == 3
     assert default_version([], None) is None
+
+
+def test_the_retry_delay_doubles_up_to_its_cap_however_many_failures() -> None:
+    assert retry_delay(0.5, 1) == 0.5
+    assert retry_delay(0.5, 2) == 1.0
+    assert retry_delay(0.5, 5000) == MAX_RETRY_DELAY  # 2 ** 4999 would overflow a float
+    assert retry_delay(None, 5000) == 0.0  # no interval (one pass at start): nothing to wait for
+
+
+class ClosingView(LocalStoreView):
+    """A directory store that records being closed, as an object store's view cancels its downloads."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_stopping_the_watcher_closes_its_view(tmp_path: Path) -> None:
+    view = ClosingView(ModelStore(tmp_path))
+
+    async def start_and_stop() -> None:
+        metrics = Metrics()
+        watcher = StoreWatcher(
+            view, Registry(metrics), metrics, lambda *_: (None, 0, 0), interval=60, keep_versions=None
+        )
+        watcher.start()
+        await watcher.stop()
+
+    asyncio.run(start_and_stop())
+    assert view.closed
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -106,6 +149,8 @@ def test_a_published_version_takes_over_under_load_and_a_broken_one_never_serves
         wait_until(lambda: metric(server, "torchship_store_failures_total", model="m", version="3") >= 2)
         assert default_of(server) == "2" and list(versions(server)) == ["2"]
         shutil.rmtree(store / "m" / "3")
+        # Gone from the store: its failure series goes too (names and numbers must not pile up).
+        wait_until(lambda: 'version="3"' not in httpx.get(server.urls["metrics"] + "/metrics").text)
 
         with caplog.at_level(logging.ERROR, logger="torchship.serving"):
             publish_broken(store, "m", 4, scratch, "weights")
@@ -169,3 +214,78 @@ def test_pins_removals_and_management_versions(tmp_path: Path) -> None:
         wait_passes(server)
         assert set(versions(server)) == {"1", "3"}
         assert default_of(server) == "1"
+
+
+@pytest.mark.slow
+def test_an_emptied_store_unloads_only_when_a_second_pass_agrees_and_leaves_the_server_unready(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = tmp_path / "store"
+    publish_classifier(store, "m", seed=1)
+    with (
+        caplog.at_level(logging.INFO, logger="torchship.serving"),
+        running(settings(store=str(store), watch_store=INTERVAL)) as server,
+    ):
+        wait_ready(server)
+        assert httpx.get(f"{server.urls['inference']}/ping").json() == {"status": "Healthy"}
+        (store / "m" / "PINNED").write_text("9", encoding="utf-8")  # not published: ignored, said once
+        wait_passes(server, 3)
+        (store / "m" / "PINNED").unlink()
+        shutil.rmtree(store / "m" / "1")  # every version of the only model: the listing comes back empty
+        wait_until(lambda: "1" not in versions(server), what="version 1 to be unloaded")
+
+        ping = httpx.get(f"{server.urls['inference']}/ping")
+        assert ping.status_code == 500
+        (reason,) = [entry["reason"] for entry in ping.json()["unavailable"]]
+        assert reason.startswith(f"no model in the store {store} yet: publish one (torchship train --store")
+        ready = httpx.get(f"{server.urls['inference']}/v2/health/ready")
+        assert ready.status_code == 400 and ready.json()["ready"] is False
+
+        again = str(publish_classifier(store, "m", seed=2))
+        wait_until(lambda: switched(server, again), what="a newly published version to serve")
+        assert httpx.get(f"{server.urls['inference']}/v2/health/ready").json() == {"ready": True}
+    messages = [r.getMessage() for r in caplog.records if r.name == "torchship.serving"]
+    pins = [m for m in messages if "names version 9, which is not published" in m]
+    assert len(pins) == 1, pins
+    # The first pass that missed it only warned; the next one, missing it too, unloaded it.
+    first = next(i for i, m in enumerate(messages) if "m is missing from the listing" in m)
+    confirmed = next(i for i, m in enumerate(messages) if "m is still missing from" in m)
+    unloaded = next(i for i, m in enumerate(messages) if "unloading m version 1" in m)
+    assert first < confirmed < unloaded
+    assert not any("unloading m version 1" in m for m in messages[first:confirmed])
+    assert sum("m is missing from the listing" in m for m in messages) == 1
+
+
+def test_a_server_without_a_watched_store_is_healthy_with_no_model() -> None:
+    """TorchServe's behaviour: models may be registered later through the management API."""
+    with running(settings()) as server:
+        assert httpx.get(f"{server.urls['inference']}/ping").json() == {"status": "Healthy"}
+        assert httpx.get(f"{server.urls['inference']}/v2/health/ready").json() == {"ready": True}
+
+
+@pytest.mark.slow
+def test_a_version_unregistered_while_a_pass_waits_for_it_to_load_ends_the_wait(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The management API unregisters a store version whose workers are loading (for ever here) while
+    the watcher's pass waits for them: the pass ends, and counts no failure (someone else removed it)."""
+    store = tmp_path / "store"
+    publish_classifier(store, "m", seed=1)  # version 1: served by the API below, so not the watcher's
+    publish_classifier(store, "m", seed=2)
+    hanging = ModelSettings(workers=1, startup_timeout=600)  # the pool would wait 10 minutes: not this
+    server_settings = settings(store=str(store), watch_store=INTERVAL, model_defaults=hanging)
+    # The server serves store versions of "m" with the API's class, whose load never ends.
+    with (
+        caplog.at_level(logging.INFO, logger="torchship.serving"),
+        running(server_settings, [HangOnLoadAPI(name="m", workers=0)]) as server,
+    ):
+        wait_until(lambda: "2" in versions(server), what="version 2 to be registered")
+        loading = server.registry.get("m", "2")
+        # A pass waits for it: it holds a wait on the version's worker pool.
+        wait_until(lambda: bool(loading._pool._ready_waiters), what="a pass to wait for version 2")
+        before = passes(server)
+        deleted = httpx.delete(f"{server.urls['management']}/models/m/2", timeout=120)
+        assert deleted.status_code == 200, deleted.text
+        wait_until(lambda: passes(server) > before, what="the waiting pass to end")
+        assert metric(server, "torchship_store_failures_total", model="m", version="2") == 0
+    assert any("m version 2 was unregistered while loading" in r.getMessage() for r in caplog.records)

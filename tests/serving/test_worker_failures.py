@@ -34,6 +34,8 @@ def server() -> Iterator[Server]:
         ExitOnLoadAPI(name="vanishing", workers=1),
         HangOnLoadAPI(name="stuck", workers=1, startup_timeout=1.5),
         HangOnLoadAPI(name="loading", workers=1, response_timeout=1),
+        HangOnLoadAPI(name="abandoned", workers=0, startup_timeout=600),
+        HangOnLoadAPI(name="shrunk", workers=0, startup_timeout=600),
         _unimportable_api("ghost"),
     ]
     with running(settings(), apis) as server:
@@ -221,3 +223,35 @@ def test_unregister_lets_in_flight_requests_finish(server: Server, client: httpx
     running_one.join()
     assert answers[0].status_code == 200
     assert client.post("/predictions/draining", json={}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("name", "interruption", "why"),
+    [
+        ("abandoned", "delete", "was unregistered while loading"),
+        ("shrunk", "scale", "was scaled to 0 workers while loading"),
+    ],
+)
+def test_a_synchronous_wait_for_loading_workers_ends_when_they_never_will(
+    server: Server, name: str, interruption: str, why: str
+) -> None:
+    """A synchronous scale (or register) waits for workers that load for ever (startup_timeout 600): an
+    unregister or a scale to 0 meanwhile answers it with an error, instead of leaving it waiting."""
+    management = server.urls["management"]
+    answers: list[httpx.Response] = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(
+            httpx.put(f"{management}/models/{name}?min_worker=1&synchronous=true", timeout=120)
+        )
+    )
+    waiting.start()
+    wait_until(lambda: server.registry.get(name).live_workers == 1, what="a worker to start loading")
+    if interruption == "delete":
+        stopped = httpx.delete(f"{management}/models/{name}", timeout=120)
+    else:
+        stopped = httpx.put(f"{management}/models/{name}?min_worker=0", timeout=120)
+    assert stopped.status_code in (200, 202), stopped.text
+    waiting.join(60)
+    assert not waiting.is_alive() and len(answers) == 1
+    assert answers[0].status_code == 500, answers[0].text
+    assert f'Model "{name}" Version 1 {why}' in answers[0].json()["message"]

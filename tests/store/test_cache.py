@@ -1,10 +1,16 @@
 """The local cache of object-store versions: verified downloads, bounded retries, nothing half-downloaded
-left behind, least recently used versions evicted first (with an explicit clock), and the store view a
-watcher reads, loading a real package."""
+left behind, least recently used versions evicted first (with an explicit clock), versions in use by
+another cache on the same folder never evicted, cancelled downloads, and the store view a watcher reads,
+loading a real package."""
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +30,7 @@ from torchship.store import (
     write_package,
 )
 from torchship.store.cache import store_id
+from torchship.store.remote import DownloadCancelled
 
 SIZE = 1000
 """Bytes of every test version (``config.json`` + weights): eviction bounds count in them."""
@@ -73,9 +80,25 @@ def test_get_downloads_once_then_uses_the_cached_copy(store: ObjectStore, tmp_pa
     assert (path / "config.json").read_text() == '{"marker": "g"}'
     assert (path.parent.parent / "STORE").read_text() == store.url + "\n"
 
-    s3fs.S3FileSystem(skip_instance_cache=True).rm(f"{store.url}/gone/1", recursive=True)
-    assert cache.get(store, "gone", 1) == path  # no second download: the store no longer has it
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.rm([f"{store.url}/gone/1/config.json", f"{store.url}/gone/1/model.safetensors"])
+    assert cache.get(store, "gone", 1) == path  # no second download: the store's files are gone
     assert (path / "config.json").read_text() == '{"marker": "g"}'
+    store.unpublish("gone", 1)  # the marker goes: no longer published, so not handed out
+    with pytest.raises(PackageError, match=r"gone version 1 from .*: Model not found: gone"):
+        cache.get(store, "gone", 1)
+
+
+def test_a_number_published_again_is_downloaded_again(store: ObjectStore, tmp_path: Path) -> None:
+    store.publish("again", _writer("old"))
+    cache = VersionCache(tmp_path / "cache", max_bytes=10 * SIZE)
+    assert (cache.get(store, "again", 1) / "config.json").read_text() == '{"marker": "old"}'
+    # An operator removes the whole version, claim included, and another run publishes number 1 again.
+    s3fs.S3FileSystem(skip_instance_cache=True).rm(f"{store.url}/again/1", recursive=True)
+    store.publish("again", _writer("new"), version=1)
+    path = cache.get(store, "again", 1)
+    assert (path / "config.json").read_text() == '{"marker": "new"}'
+    assert _leftovers(tmp_path / "cache") == []
 
 
 def test_a_damaged_cached_copy_is_downloaded_again(store: ObjectStore, tmp_path: Path) -> None:
@@ -139,12 +162,15 @@ def test_a_version_over_the_size_or_file_limits_is_refused_before_download(
 def test_least_recently_used_versions_are_evicted_first(store: ObjectStore, tmp_path: Path) -> None:
     # Room for two versions (each SIZE bytes plus its cached marker of a few hundred bytes).
     cache = VersionCache(tmp_path / "cache", max_bytes=2 * SIZE + 1000, clock=Clock())
-    for version in (1, 2, 1, 3):  # 2 is now the least recently used
+    for version in (1, 2, 1):  # 2 is now the least recently used
         cache.get(store, "bbc", version)
-    assert [entry.version for entry in cache.entries()] == [2, 1, 3]
-    assert [entry.version for entry in cache.evict()] == [2]
-    assert _cached(cache) == [("bbc", 1), ("bbc", 3)]
-    assert cache.evict() == []  # within the bound now
+    assert [entry.version for entry in cache.entries()] == [2, 1]
+    cache.get(store, "bbc", 3)  # room is made before the download: 2 goes first
+    assert [entry.version for entry in cache.entries()] == [1, 3]
+    assert cache.evict() == []  # within the bound
+    cache.max_bytes = SIZE + 500
+    assert [entry.version for entry in cache.evict()] == [1]
+    assert _cached(cache) == [("bbc", 3)]
 
 
 def test_kept_versions_are_never_evicted(
@@ -215,3 +241,73 @@ def _probabilities(model: TransformerClassifier, tokenizer: object) -> torch.Ten
         limits=GroupLimits(),
     )
     return runner.probabilities(["shares rose"])
+
+
+def test_versions_another_cache_holds_are_not_evicted(store: ObjectStore, tmp_path: Path) -> None:
+    # Two caches on one folder, as two server processes would have: each has its own lock descriptors,
+    # and flock locks of two descriptors conflict even within one process.
+    serving = VersionCache(tmp_path / "cache", max_bytes=10 * SIZE, clock=Clock())
+    view = RemoteStoreView(store, serving)
+    view.local("bbc", 1)
+    serving.get(store, "bbc", 2)  # cached, not held
+    other = VersionCache(tmp_path / "cache", max_bytes=0, clock=Clock())
+    assert [entry.version for entry in other.evict()] == [2]
+    assert _cached(other) == [("bbc", 1)]
+    view.evict(set())  # the serving process no longer uses 1
+    assert [entry.version for entry in other.evict()] == [1]
+    assert _cached(other) == []
+
+
+def test_temporary_folders_of_dead_processes_are_removed_at_start(store: ObjectStore, tmp_path: Path) -> None:
+    from torchship.store.cache import _HOST
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead = int(finished.stdout)
+    folder = tmp_path / "cache" / store_id(store.url) / "bbc"
+    names = {
+        f".tmp-{dead}-{_HOST}-3-abc": False,  # its process is gone: removed
+        f".tmp-{os.getpid()}-{_HOST}-3-abc": False,  # this pid, but no download of this process
+        f".tmp-{os.getppid()}-{_HOST}-3-abc": True,  # a live process may still be writing it
+        f".tmp-{dead}-00000000-3-abc": True,  # another host's: only removed once a day old
+    }
+    for name in names:
+        (folder / name).mkdir(parents=True)
+        (folder / name / "model.safetensors").write_bytes(b"partial")
+    VersionCache(tmp_path / "cache", max_bytes=10 * SIZE)
+    assert _leftovers(tmp_path / "cache") == sorted(name for name, kept in names.items() if kept)
+
+
+def test_a_closed_cache_cancels_its_download_promptly(store: ObjectStore, tmp_path: Path) -> None:
+    # A download waiting out its back-off (a minute) before the second attempt: close() ends it at once.
+    # (Cancelling between chunks is tested on ObjectStore.download.)
+    store.publish("broken", _writer("b"))
+    s3fs.S3FileSystem(skip_instance_cache=True).pipe(f"{store.url}/broken/1/model.safetensors", b"x" * 985)
+    cache = VersionCache(tmp_path / "cache", max_bytes=10 * SIZE, attempts=2, retry_delay=60)
+    failed_once = threading.Event()
+    handler = logging.Handler()
+    handler.emit = lambda record: failed_once.set()  # type: ignore[method-assign]
+    logger = logging.getLogger("torchship.store.cache")
+    logger.addHandler(handler)
+    failures: list[BaseException] = []
+
+    def download() -> None:
+        try:
+            cache.get(store, "broken", 1)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=download)
+    try:
+        thread.start()
+        assert failed_once.wait(30), "the first attempt never failed"
+        started = time.monotonic()
+        cache.close()
+        thread.join(30)
+    finally:
+        logger.removeHandler(handler)
+    assert not thread.is_alive() and time.monotonic() - started < 10
+    assert len(failures) == 1 and isinstance(failures[0], DownloadCancelled)
+    assert _leftovers(tmp_path / "cache") == []
+    assert _cached(cache) == []
+    with pytest.raises(DownloadCancelled):  # and every later one
+        cache.get(store, "bbc", 1)

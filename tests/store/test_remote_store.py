@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from torchship.errors import (
     VersionExistsError,
     VersionNotFoundError,
 )
-from torchship.store import ModelStore, ObjectStore, open_store
-from torchship.store.remote import CLAIM_FILE, MARKER_FILE
+from torchship.store import ModelStore, ObjectStore, open_store, remote
+from torchship.store.remote import CLAIM_FILE, MARKER_FILE, MAX_MARKER_BYTES, DownloadCancelled
 
 
 def _writer(marker: str, weights: bytes = b"weights"):
@@ -130,9 +131,37 @@ def test_corrupted_object_fails_the_download_naming_the_file(s3_url: str, tmp_pa
     _fs().pipe(f"{s3_url}/bbc/1/model.safetensors", b"weig")  # truncated
     with pytest.raises(PackageError, match=r"model\.safetensors: 4 bytes, but 7 were published"):
         store.download("bbc", 1, tmp_path / "b")
+    _fs().pipe(f"{s3_url}/bbc/1/model.safetensors", b"w" * 4096)  # bigger than published
+    with pytest.raises(PackageError, match=r"model\.safetensors: more than the 7 bytes published"):
+        store.download("bbc", 1, tmp_path / "big")
+    assert (tmp_path / "big" / "model.safetensors").stat().st_size == 0  # stopped before writing any
     _fs().rm(f"{s3_url}/bbc/1/model.safetensors")
     with pytest.raises(PackageError, match="missing from the store"):
         store.download("bbc", 1, tmp_path / "c")
+
+
+def test_a_download_stops_between_chunks_when_cancelled(
+    s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(s3_url)
+    store.publish("bbc", _writer("a", weights=b"w" * 1000))
+    monkeypatch.setattr(remote, "DOWNLOAD_CHUNK", 100)
+
+    class CancelAfter(threading.Event):
+        """Set from its ``checks``-th look on: a stop requested in the middle of the download."""
+
+        def __init__(self, checks: int) -> None:
+            super().__init__()
+            self.left = checks
+
+        def is_set(self) -> bool:
+            self.left -= 1
+            return self.left < 0
+
+    with pytest.raises(DownloadCancelled, match="download cancelled"):
+        store.download("bbc", 1, tmp_path, cancel=CancelAfter(4))
+    # config.json (one chunk, checked before and after it), then two chunks of the weights.
+    assert (tmp_path / "model.safetensors").stat().st_size == 200
 
 
 def test_marker_cannot_place_files_outside_the_download(s3_url: str, tmp_path: Path) -> None:
@@ -159,15 +188,34 @@ def test_pin_file(s3_url: str) -> None:
         store.pin("bbc")
 
 
-def test_unpublish_removes_the_marker_then_the_files(s3_url: str) -> None:
+def test_unpublish_removes_the_marker_then_the_files_leaving_the_claim(s3_url: str) -> None:
     store = ObjectStore(s3_url)
     store.publish("bbc", _writer("a"))
     store.publish("bbc", _writer("b"))
-    store.unpublish("bbc", 1)
-    assert store.versions("bbc") == [2]
-    assert _fs().find(f"{s3_url}/bbc/1") == []
+    store.unpublish("bbc", 2)
+    assert store.versions("bbc") == [1]
+    # The claim is a tombstone: number 2 is never handed out again (caches may hold its old files).
+    assert _fs().find(f"{s3_url}/bbc/2") == [f"{s3_url[5:]}/bbc/2/{CLAIM_FILE}"]
     with pytest.raises(VersionNotFoundError):
-        store.unpublish("bbc", 1)
+        store.unpublish("bbc", 2)
+    assert store.next_version("bbc") == 3
+    assert store.publish("bbc", _writer("c")) == 3
+    with pytest.raises(VersionExistsError, match="unpublished"):
+        store.publish("bbc", _writer("d"), version=2)
+
+
+def test_a_package_whose_marker_readers_would_refuse_is_not_published(s3_url: str) -> None:
+    store = ObjectStore(s3_url)
+    files = MAX_MARKER_BYTES // 300  # each entry takes over 300 bytes of the marker
+
+    def many(directory: Path) -> None:
+        (directory / "config.json").write_text("{}")
+        for number in range(files):
+            (directory / f"{'f' * 200}{number}").write_bytes(b"")
+
+    with pytest.raises(PackageError, match=rf"its {files + 1} files need a commit marker of \d+ bytes"):
+        store.publish("bbc", many)
+    assert _fs().find(s3_url) == []  # refused before claiming a number
 
 
 def test_missing_bucket_is_a_config_error(s3_server: object) -> None:

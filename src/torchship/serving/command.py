@@ -41,9 +41,10 @@ from typing import Any, Literal
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace  # type: ignore[attr-defined]
 
 from torchship.dataclass_fields import SettingField, settings_fields
-from torchship.errors import ConfigError
+from torchship.errors import ConfigError, PackageError
 from torchship.serving.mar.properties import TsConfig, read_ts_config
 from torchship.serving.settings import ModelSettings, ServerSettings
+from torchship.store.remote import verify_copied_version
 from torchship.store.store import CONFIG_FILE, ModelStore
 
 __all__ = [
@@ -220,6 +221,10 @@ def find_model_dir(path: Path) -> ModelDir:
             "(on KServe: give the InferenceService a storageUri, or give --store instead)"
         )
     if (path / CONFIG_FILE).is_file():
+        try:  # a copy of an object store version: finished, and what was published
+            verify_copied_version(path)
+        except PackageError as exc:
+            raise ConfigError(f"--model_dir {exc.message}") from None
         return ModelDir("package", path)
     if (path / "model-store").is_dir():
         config = path / "config" / "config.properties"

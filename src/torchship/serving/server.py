@@ -422,7 +422,13 @@ class Server:
         return await self.registry.scale(name, version, workers, synchronous=synchronous)
 
     def health(self) -> Health:
-        """TorchServe's ``/ping`` status over the default versions, and which of them cannot serve, why."""
+        """TorchServe's ``/ping`` status over the default versions, and which of them cannot serve, why.
+
+        A server that serves its store's versions (an object store, or ``--watch_store``) and has no model
+        is not ready: it has nothing to answer with until a version is published. (A server given its
+        models otherwise, or none to be registered later, is healthy empty, as TorchServe is.)"""
+        if self.watcher is not None and not self.registry.names():
+            return Health("Unhealthy", ({"reason": self._empty_store_reason(self.watcher)},))
         defaults = [self.registry.get(name) for name in self.registry.names()]
         unavailable = [(served, why) for served in defaults if (why := _cannot_serve(served)) is not None]
         if not unavailable:
@@ -434,6 +440,26 @@ class Server:
         return Health(
             status,
             tuple({"modelName": s.name, "modelVersion": s.version, "reason": why} for s, why in unavailable),
+        )
+
+    @staticmethod
+    def _empty_store_reason(watcher: StoreWatcher) -> str:
+        """Why a server that serves its store's versions has no model, and what to do."""
+        location, watching = watcher.view.location, watcher.interval is not None
+        if failing := watcher.failing:  # versions there are, but none could be had
+            shown = ", ".join(f"{name} version {version}" for name, version in failing)
+            return (
+                f"no model from the store {location} serves: {shown} could not be fetched or loaded (the "
+                "log says why; torchship_store_failures_total counts the tries); "
+                + ("the watcher tries again" if watching else "fix it, then restart the server")
+            )
+        return (
+            f"no model in the store {location} yet: publish one (torchship train --store {location} ...); "
+            + (
+                "the server loads it on its next look at the store"
+                if watching
+                else "then restart the server, or serve with --watch_store to pick new versions up"
+            )
         )
 
     def _check_workers(

@@ -9,7 +9,8 @@ S3-compatible servers.
 The layout mirrors the directory store, plus one marker per version:
 
     <prefix>/<name>/<version>/config.json ...      the package files
-    <prefix>/<name>/<version>/.claim               who claimed the number (written first, never changed)
+    <prefix>/<name>/<version>/.claim               who claimed the number (written first, never changed,
+                                                   kept by an unpublish: numbers are never reused)
     <prefix>/<name>/<version>/.published.json      the commit marker (written last): sizes and sha256
     <prefix>/<name>/PINNED                         an operator's pin (see torchship.store.view)
 
@@ -38,6 +39,7 @@ import re
 import secrets
 import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -66,15 +68,22 @@ __all__ = [
     "CLAIM_FILE",
     "MARKER_FILE",
     "MARKER_FORMAT",
+    "DownloadCancelled",
     "ObjectStore",
     "file_digest",
     "open_store",
+    "verify_copied_version",
     "verify_files",
 ]
 
 MARKER_FORMAT = 1
 MAX_MARKER_BYTES = 1 << 20
 """Largest commit marker read (a real one lists a few files in a few hundred bytes)."""
+DOWNLOAD_CHUNK = 1 << 20
+"""Bytes handed over at a time while downloading (each one counted, hashed and written as it arrives;
+a cancelled download stops between two)."""
+DOWNLOAD_BLOCK = 16 << 20
+"""Bytes asked of the store per request while downloading (fewer, larger requests are faster)."""
 CLAIM_ATTEMPTS = 100
 """Version numbers tried before a publish gives up (each taken one means another publisher won it)."""
 
@@ -167,27 +176,68 @@ class ObjectStore:
             raise self._not_found(name, version) from None
         return _parse_marker(raw, self._url(key), name, version)
 
-    def download(self, name: str, version: int, dest: Path) -> dict[str, Any]:
+    def download(
+        self,
+        name: str,
+        version: int,
+        dest: Path,
+        *,
+        manifest: Mapping[str, Any] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> dict[str, Any]:
         """Download the published files of ``name`` at ``version`` into the directory ``dest`` and check
         each against the marker's size and sha256; returns the marker. A file that does not match raises
-        ``PackageError`` naming it (``dest`` then holds what was fetched: discard it)."""
-        manifest = self.manifest(name, version)
-        files: Mapping[str, Any] = manifest["files"]
-        folder = self._key(name, str(version))
-        local = [dest.joinpath(*PurePosixPath(relative).parts) for relative in files]
-        for path in local:
+        ``PackageError`` naming it (``dest`` then holds what was fetched: discard it).
+
+        Each object is streamed and hashed as it arrives, and abandoned as soon as it holds more bytes
+        than the marker declares, so a changed object cannot fill the disk. ``manifest`` is the marker
+        when the caller has just read it; setting ``cancel`` stops the download between chunks with
+        :class:`DownloadCancelled`.
+        """
+        marker = dict(manifest) if manifest is not None else self.manifest(name, version)
+        folder = self._key(validate_name(name), str(validate_version(version)))
+        for relative, expected in marker["files"].items():
+            _check_cancel(cancel, self._url(folder))
+            path = dest.joinpath(*PurePosixPath(relative).parts)
             path.parent.mkdir(parents=True, exist_ok=True)
-        remote = [f"{folder}/{relative}" for relative in files]
+            self._fetch(f"{folder}/{relative}", path, expected["size"], expected["sha256"], cancel)
+        return marker
+
+    def _fetch(self, key: str, path: Path, size: int, sha256: str, cancel: threading.Event | None) -> None:
+        where = self._url(key)
+        digest = hashlib.sha256()
+        received = 0
         try:
-            with self._errors(f"downloading {self._url(folder)}"):
-                self.fs.get(remote, [str(path) for path in local])
+            with (
+                self._errors(f"downloading {where}"),
+                self.fs.open(key, "rb", block_size=DOWNLOAD_BLOCK) as source,
+                open(path, "wb") as target,
+            ):
+                # One byte past the declared size is enough to know the object is bigger.
+                while chunk := source.read(min(DOWNLOAD_CHUNK, size - received + 1)):
+                    received += len(chunk)
+                    if received > size:
+                        raise PackageError(
+                            f"{where}: more than the {size} bytes published (a changed object); "
+                            "download stopped there. Publish a new version instead of changing one"
+                        )
+                    digest.update(chunk)
+                    target.write(chunk)
+                    _check_cancel(cancel, where)
         except FileNotFoundError as exc:
             raise PackageError(
-                f"{self._url(folder)}: a published file is missing from the store ({exc}); "
+                f"{where}: a published file is missing from the store ({exc}); "
                 "the version was changed after it was published: publish a new version"
             ) from None
-        verify_files(dest, files, self._url(folder))
-        return manifest
+        if received != size:
+            raise PackageError(
+                f"{where}: {received} bytes, but {size} were published (a partial or changed object)"
+            )
+        if digest.hexdigest() != sha256:
+            raise PackageError(
+                f"{where}: sha256 differs from the one written when it was published "
+                "(a corrupt or changed object)"
+            )
 
     def read_file(self, name: str, version: int, relative: str) -> bytes:
         """One published file of ``name`` at ``version`` (``"metrics.json"``), checked against the marker;
@@ -228,6 +278,7 @@ class ObjectStore:
             if not (package / CONFIG_FILE).is_file():
                 raise PackageError(f"Refusing to publish {name}: the package has no {CONFIG_FILE}.")
             files = _local_files(package)
+            _check_marker_size(name, files)
             number, token = self._claim(name, version)
             try:
                 self._upload(name, number, package, files, token)
@@ -240,13 +291,17 @@ class ObjectStore:
 
     def unpublish(self, name: str, version: int) -> None:
         """Remove ``name`` at ``version``: its marker first (readers stop seeing it at once), then its
-        files. Serving replicas that watch the store drain and unload it."""
+        files. Serving replicas that watch the store drain and unload it.
+
+        The version's ``.claim`` stays as a tombstone, so its number is never handed out again: a cache
+        holding the old files could otherwise take a new version of that number for them.
+        """
         folder = self._key(validate_name(name), str(validate_version(version)))
         if version not in self.versions(name):  # deleting a missing object is no error on S3
             raise self._not_found(name, version)
         with self._errors(f"removing {self._url(folder)}"):
             self.fs.rm_file(f"{folder}/{MARKER_FILE}")
-        keys = self._find(folder)
+        keys = [key for key in self._find(folder) if not key.endswith(f"/{CLAIM_FILE}")]
         if keys:
             with self._errors(f"removing {self._url(folder)}"):
                 self.fs.rm(keys)
@@ -261,9 +316,9 @@ class ObjectStore:
             )
         if CLAIM_FILE in taken:
             raise VersionExistsError(
-                f"{name} version {version} is being published by another run, or a publish of it crashed "
-                f"({self._url(folder)} has a {CLAIM_FILE} but no {MARKER_FILE}); publish another version, "
-                f"or remove {self._url(folder)}/ if no run is publishing it"
+                f"{name} version {version} is being published by another run, a publish of it crashed, or "
+                f"it was unpublished ({self._url(folder)} has a {CLAIM_FILE} but no {MARKER_FILE}); "
+                "publish another version (a number is never reused: caches may hold its old files)"
             )
 
     def _claim(self, name: str, version: int | None) -> tuple[int, bytes]:
@@ -385,6 +440,10 @@ class ObjectStore:
             ) from exc
 
 
+class DownloadCancelled(PackageError):
+    """A download stopped because its cancel flag was set (the server is stopping)."""
+
+
 class _LostClaim(TorchshipError):
     """Another publisher holds the claimed number after all (a backend that ignores exclusive writes)."""
 
@@ -451,6 +510,47 @@ def _local_files(package: Path) -> dict[str, Any]:
                 raise PackageError(f"Refusing to publish: {relative} is the store's own file name.")
             files[relative] = {"size": path.stat().st_size, "sha256": file_digest(path)}
     return files
+
+
+def _check_marker_size(name: str, files: Mapping[str, Any]) -> None:
+    # Readers refuse a marker over MAX_MARKER_BYTES, so such a version could never be served: refuse it
+    # here, before a number is claimed. The largest version number a marker could carry bounds its size.
+    marker = {"format": MARKER_FORMAT, "name": name, "version": 10**18, "files": files}
+    size = len(json.dumps(marker, indent=1).encode())
+    if size > MAX_MARKER_BYTES:
+        raise PackageError(
+            f"Refusing to publish {name}: its {len(files)} files need a commit marker of {size} bytes, more "
+            f"than the {MAX_MARKER_BYTES} readers accept; package fewer files (e.g. archive small ones)"
+        )
+
+
+def _check_cancel(cancel: threading.Event | None, where: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise DownloadCancelled(f"{where}: download cancelled (the server is stopping)")
+
+
+def verify_copied_version(directory: Path) -> None:
+    """Check a version that something else copied out of an object store (KServe's storage initializer
+    into ``/mnt/models``, ``aws s3 sync``): a claim without a commit marker is a publish that had not
+    finished, and with a marker every file must have its published size and sha256. ``PackageError``
+    says what is wrong; a folder with neither file (a package made some other way) passes as it is."""
+    marker_path, claim_path = directory / MARKER_FILE, directory / CLAIM_FILE
+    if not marker_path.is_file():
+        if claim_path.is_file():
+            raise PackageError(
+                f"{directory} is a copy of a version whose publish had not finished ({CLAIM_FILE} but no "
+                f"{MARKER_FILE}): copy it again once it is published, or point at a published version"
+            )
+        return
+    with open(marker_path, "rb") as handle:
+        raw = handle.read(MAX_MARKER_BYTES + 1)
+    try:
+        named = json.loads(raw) if len(raw) <= MAX_MARKER_BYTES else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        named = {}
+    name, version = (named.get("name"), named.get("version")) if isinstance(named, dict) else (None, None)
+    marker = _parse_marker(raw, str(marker_path), str(name), version if isinstance(version, int) else -1)
+    verify_files(directory, marker["files"], str(directory))
 
 
 def _parse_marker(raw: bytes, where: str, name: str, version: int) -> dict[str, Any]:

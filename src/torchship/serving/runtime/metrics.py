@@ -329,7 +329,7 @@ class Metrics:
         self.store_failures = Counter(
             "torchship_store_failures",
             "Store versions the watcher could not download, check or load, by model and version (each is "
-            "tried again on the next pass).",
+            "tried again on a later pass; the series goes when the version leaves the store).",
             _LABELS,
             registry=self.registry,
         )

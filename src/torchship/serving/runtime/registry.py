@@ -139,7 +139,9 @@ class Registry:
             try:
                 await served.wait_ready()
             except HandlerError:
-                await self.unregister(name, version)
+                # Not when unregistered or scaled to 0 meanwhile (that ended the wait): not ours to undo.
+                if model.versions.get(version) is served and served.target_workers > 0:
+                    await self.unregister(name, version)
                 raise
         return served
 

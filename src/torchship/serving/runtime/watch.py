@@ -12,11 +12,15 @@ files and makes the registry match them:
 * a version the watcher serves that is no longer wanted (older than ``keep_versions``, or removed from
   the store) is unregistered, which drains it, but only once another version of the model serves: a
   new version that cannot load never leaves the model without one that can (a model removed from the
-  store altogether is unregistered at once);
+  store altogether is unregistered at once, but only when a second pass in a row misses it too: one
+  listing that comes back empty, as an object store's can for a moment, does not unload every replica's
+  models);
 * a version that cannot be fetched or loaded is logged with the reason, counted in
   ``torchship_store_failures_total``, unregistered, and tried again later: on the next pass, then after
   twice as long each time, at most every :data:`MAX_RETRY_DELAY` seconds (a broken version does not
-  start a worker process every few seconds forever);
+  start a worker process every few seconds forever); a pass waits for a loading version at most its
+  ``startup_timeout`` plus :data:`SETTLE_MARGIN` seconds;
+* a pin file naming a version that is not published is ignored, with a warning (once per pin);
 * the version that is, or is about to be, the default gets the default worker count, the others what the
   server gives older versions (one each unless ``--workers`` says): when the pin moves or a new version
   arrives, the new default is scaled up at once and the old one down once it no longer takes requests.
@@ -43,7 +47,7 @@ from torchship.serving.runtime.registry import Registry
 from torchship.serving.runtime.versions import ServedVersion, VersionSpec
 from torchship.store.view import StoreView
 
-__all__ = ["StoreWatcher", "VersionBuilder", "default_version", "wanted_versions"]
+__all__ = ["StoreWatcher", "VersionBuilder", "default_version", "retry_delay", "wanted_versions"]
 
 logger = logging.getLogger("torchship.serving")
 
@@ -54,6 +58,17 @@ and while it is not. Called off the event loop (it reads the package's config)."
 MAX_RETRY_DELAY = 600.0
 """Seconds at most between two tries of a version that failed to download or load (the delay doubles
 from one interval on each failure)."""
+
+SETTLE_MARGIN = 30.0
+"""Seconds a pass waits for a loading version past its ``startup_timeout`` (by then its worker pool has
+given up on the load itself) before it counts the version as failed: no pass waits forever."""
+
+
+def retry_delay(interval: float | None, failures: int) -> float:
+    """Seconds before a version that failed ``failures`` times in a row is tried again: ``interval``,
+    doubled on each further failure, at most :data:`MAX_RETRY_DELAY` (however many failures)."""
+    # The exponent is capped: 2.0 ** 1024 overflows, and MAX_RETRY_DELAY is reached long before.
+    return min((interval or 0.0) * 2.0 ** min(max(failures - 1, 0), 32), MAX_RETRY_DELAY)
 
 
 def wanted_versions(published: Sequence[int], pin: int | None, keep: int | None) -> set[int]:
@@ -78,6 +93,8 @@ class _StoreState:
 
     listing: dict[str, list[int]]
     pins: dict[str, int | None]
+    held: frozenset[str] = frozenset()
+    """Models missing from this listing for the first time, kept as the last pass saw them."""
 
 
 class StoreWatcher:
@@ -113,6 +130,16 @@ class StoreWatcher:
         self._sized_as_default: dict[tuple[str, int], bool] = {}
         self._task: asyncio.Task[None] | None = None
         self._removals: set[asyncio.Task[None]] = set()
+        # The last listing and pins each model had, and the models the last pass found missing
+        self._seen: dict[str, tuple[list[int], int | None]] = {}
+        self._missing: set[str] = set()
+        self._unpublished_pins: set[tuple[str, int]] = set()  # warned about once each
+        self._failure_series: set[tuple[str, int]] = set()  # versions with a store_failures series
+
+    @property
+    def failing(self) -> list[tuple[str, int]]:
+        """The store versions that could not be fetched or loaded and wait to be tried again."""
+        return sorted(self._retry)
 
     # ------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -122,7 +149,11 @@ class StoreWatcher:
 
     async def stop(self) -> None:
         """Stop polling; a pass in progress is cancelled, but versions it was unregistering finish
-        stopping (their workers must not outlive the server)."""
+        stopping (their workers must not outlive the server). A view that downloads (an object store's)
+        is closed first: a download running in a thread would otherwise keep the process alive."""
+        close = getattr(self.view, "close", None)
+        if close is not None:
+            close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -155,8 +186,13 @@ class StoreWatcher:
             self._metrics.store_passes.labels("failed").inc()
             return
         self._forget_unregistered()
+        state = self._hold_missing(state)
+        self._forget_retries(state)
         for name, published in sorted(state.listing.items()):
+            if name in state.held:
+                continue  # the listing may be wrong about it: change nothing until the next pass
             pin = state.pins.get(name)
+            self._check_pin(name, pin, published)
             target = default_version(published, pin)
             for version in sorted(wanted_versions(published, pin, self.keep_versions), reverse=True):
                 if self._registered(name, version) is None and self._due(name, version):
@@ -232,24 +268,33 @@ class StoreWatcher:
         outcomes = await asyncio.gather(
             *(self._wait_loaded(served) for served in loading), return_exceptions=True
         )
-        failed = [
-            (served, outcome)
-            for served, outcome in zip(loading, outcomes, strict=True)
-            if isinstance(outcome, BaseException)
-        ]
+        failed: list[tuple[ServedVersion, BaseException]] = []
+        for served, outcome in zip(loading, outcomes, strict=True):
+            key = (served.name, int(served.version))
+            if not isinstance(outcome, BaseException):
+                self._retry.pop(key, None)
+            elif not self._registry_holds(served):  # unregistered meanwhile (management API): not a failure
+                self._served.pop(key, None)
+                logger.info("store watcher: %s version %s was unregistered while loading", *key)
+            elif served.target_workers > 0:  # scaled to 0 meanwhile: left as whoever did it wants it
+                failed.append((served, outcome))
         for served, error in failed:
             self._served.pop((served.name, int(served.version)), None)
             self._failed(served.name, int(served.version), _reason(error))
-        for served in loading:
-            if not any(served is bad for bad, _ in failed):
-                self._retry.pop((served.name, int(served.version)), None)
         await self._unregister([served for served, _ in failed])
 
     @staticmethod
     async def _wait_loaded(served: ServedVersion) -> None:
         if served.load_error is not None:  # failed already (registered by a pass that did not wait)
             raise HandlerError(served.load_error)
-        await served.wait_ready()
+        # The pool gives up on a load after startup_timeout and ends the wait; this is the backstop.
+        timeout = served.spec.api.settings.startup_timeout + SETTLE_MARGIN
+        try:
+            await asyncio.wait_for(served.wait_ready(), timeout)
+        except asyncio.TimeoutError:
+            raise HandlerError(
+                f"its workers did not load within {timeout:g}s (startup_timeout plus {SETTLE_MARGIN:g}s)"
+            ) from None
 
     def _apply_pins(self, state: _StoreState, *, once_serving: bool) -> None:
         """Make each pinned version the default (``once_serving``: only once it serves, else at once, as
@@ -338,9 +383,63 @@ class StoreWatcher:
             reason,
         )
         self._metrics.store_failures.labels(name, str(version)).inc()
+        self._failure_series.add((name, version))
         failures = self._retry.get((name, version), (0, 0.0))[0] + 1
-        delay = min((self.interval or 0.0) * 2 ** (failures - 1), MAX_RETRY_DELAY)
+        delay = retry_delay(self.interval, failures)
         self._retry[name, version] = (failures, asyncio.get_running_loop().time() + delay)
+
+    def _hold_missing(self, state: _StoreState) -> _StoreState:
+        """A model this watcher serves that is missing from the listing (its folder deleted, or a listing
+        that came back empty by mistake) is acted on only when the next pass misses it too; meanwhile it
+        stays as the last pass saw it (``held``)."""
+        missing = {name for name, _ in self._served if not state.listing.get(name)}
+        held = missing - self._missing
+        for name in sorted(missing - held):
+            logger.warning(
+                "store watcher: %s is still missing from %s: unloading it", name, self.view.location
+            )
+        for name in sorted(held):
+            logger.warning(
+                "store watcher: %s is missing from the listing of %s; serving it on until the next pass "
+                "confirms it is gone",
+                name,
+                self.view.location,
+            )
+        self._missing = held
+        listing, pins = dict(state.listing), dict(state.pins)
+        for name in held:
+            listing[name], pins[name] = self._seen.get(name, ([], None))
+        for name, published in listing.items():
+            self._seen[name] = (published, pins.get(name))
+        for name in [name for name in self._seen if name not in listing]:
+            del self._seen[name]
+        return _StoreState(listing, pins, frozenset(held))
+
+    def _forget_retries(self, state: _StoreState) -> None:
+        """Versions gone from the store: no retry to wait for, no failure series to keep (names and
+        numbers come and go with the store: kept, they would pile up in memory and in every scrape)."""
+        for key in [key for key in self._retry if key[1] not in state.listing.get(key[0], [])]:
+            del self._retry[key]
+        for name, version in [k for k in self._failure_series if k[1] not in state.listing.get(k[0], [])]:
+            self._failure_series.discard((name, version))
+            with contextlib.suppress(KeyError):
+                self._metrics.store_failures.remove(name, str(version))
+
+    def _check_pin(self, name: str, pin: int | None, published: Sequence[int]) -> None:
+        """Warn, once per pin, about a pin file naming a version that is not published (it is ignored)."""
+        if pin is None or pin in published:
+            self._unpublished_pins = {key for key in self._unpublished_pins if key[0] != name}
+            return
+        if (name, pin) not in self._unpublished_pins:
+            self._unpublished_pins.add((name, pin))
+            logger.warning(
+                "store watcher: the pin file of %s in %s names version %d, which is not published "
+                "(versions: %s); ignoring it: the default is the newest version",
+                name,
+                self.view.location,
+                pin,
+                ", ".join(map(str, published)) or "none",
+            )
 
     def _registered(self, name: str, version: int) -> ServedVersion | None:
         """The served version ``name``/``version``, whoever registered it, or None."""

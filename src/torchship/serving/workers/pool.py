@@ -10,7 +10,9 @@ through three callbacks: a worker became ready, a worker answered a batch, a wor
 Processes start off the event loop (see :mod:`~torchship.serving.workers.process`), so a scale to many workers
 returns at once; one stopped before its process started never runs, and a process that cannot start is
 a load failure like a model that cannot load. Once the server shuts down (:meth:`WorkerPool.close`), no
-worker is started or replaced: a worker that dies during the drain is gone for good.
+worker is started or replaced: a worker that dies during the drain is gone for good. A wait for the
+workers to load ends with an error as soon as they never will: the version is stopped (unregistered) or
+scaled to 0 before they load, or the server shuts down.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = ["WorkerPool"]
 logger = logging.getLogger("torchship.serving")
 
 _MAX_RESTART_DELAY = 30.0
+_SHUTDOWN = "did not load before the server began to shut down"
 
 
 class WorkerPool:
@@ -82,6 +85,8 @@ class WorkerPool:
         if self._restart is not None:
             self._restart.cancel()
             self._restart = None
+        # No worker will be started or replaced: whoever waits for the workers to load would wait forever.
+        self._abandon_waiters(_SHUTDOWN)
 
     @property
     def serving(self) -> int:
@@ -99,6 +104,10 @@ class WorkerPool:
         """Aim for ``workers`` processes (see the module docstring for which ones stop first). The processes
         start off the event loop, one after another; :meth:`wait_ready` waits for them."""
         self.target = workers
+        if workers == 0:  # nothing will load any more: a wait for the workers ends now, not never
+            self._abandon_waiters("was scaled to 0 workers while loading")
+        elif self.serving >= workers:  # scaled down to what serves already
+            _settle(self._ready_waiters)
         live = self._live()
         for _ in range(0 if self._closing else workers - len(live)):
             self._spawn()
@@ -109,15 +118,20 @@ class WorkerPool:
             worker.stop()
 
     async def wait_ready(self) -> None:
-        """Wait until ``target`` workers are loaded; :class:`HandlerError` if loading fails."""
+        """Wait until ``target`` workers are loaded; :class:`HandlerError` if loading fails, or if they
+        never will: the pool is stopped or closed, or scaled to 0, before they are."""
         if self.serving >= self.target:
             return
+        if self._closing:
+            raise HandlerError(f'Model "{self.api.name}" Version {self.version} {_SHUTDOWN}')
         future: asyncio.Future[None] = self._loop.create_future()
         self._ready_waiters.append(future)
         await future
 
     async def stop(self, timeout: float) -> None:
-        """Stop every worker after its batch; kill those still alive after ``timeout`` seconds."""
+        """Stop every worker after its batch; kill those still alive after ``timeout`` seconds. A wait
+        for the workers to load (:meth:`wait_ready`) ends with :class:`HandlerError`."""
+        self._abandon_waiters("was unregistered while loading")
         self.close()
         self.target = 0
         for worker in list(self._workers):
@@ -132,6 +146,14 @@ class WorkerPool:
             for worker in list(self._workers):
                 worker.kill()
             await exited
+
+    def _abandon_waiters(self, why: str) -> None:
+        """End every :meth:`wait_ready` with :class:`HandlerError`: the workers will not load (stopped,
+        scaled to 0, shutdown), so a caller waiting for them (a synchronous register or scale, the store
+        watcher) gets an answer instead of waiting forever."""
+        if self._ready_waiters:
+            error = HandlerError(f'Model "{self.api.name}" Version {self.version} {why}')
+            _settle(self._ready_waiters, error)
 
     def _live(self) -> list[WorkerProcess]:
         return [w for w in self._workers if w.state is not WorkerState.STOPPING]
