@@ -336,7 +336,7 @@ def test_a_model_dir_copied_from_an_object_store_is_checked_against_its_commit_m
 
     from torchship.errors import ConfigError
     from torchship.serving.command import find_model_dir
-    from torchship.store.remote import file_digest
+    from torchship.store.marker import file_digest
 
     package = tmp_path / "package"
     _touch(package / "config.json", '{"name": "bbc"}')

@@ -44,7 +44,7 @@ from torchship.dataclass_fields import SettingField, settings_fields
 from torchship.errors import ConfigError, PackageError
 from torchship.serving.mar.properties import TsConfig, read_ts_config
 from torchship.serving.settings import ModelSettings, ServerSettings
-from torchship.store.remote import verify_copied_version
+from torchship.store.marker import verify_copied_version
 from torchship.store.store import CONFIG_FILE, ModelStore
 
 __all__ = [

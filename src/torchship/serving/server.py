@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,27 +16,26 @@ from pathlib import Path
 from typing import Any
 
 from torchship.devices import resolve_device
-from torchship.errors import ConfigError, NotFoundError, TorchshipError, UserInputError
+from torchship.errors import NotFoundError, TorchshipError, UserInputError
 from torchship.serving.handler import ModelAPI
 from torchship.serving.mar.handler import TorchServeArchiveAPI
 from torchship.serving.mar.model_config import model_yaml_settings, torchserve_model_settings
+from torchship.serving.restore import SnapshotRestorer, handler_path
 from torchship.serving.runtime.metrics import Metrics
 from torchship.serving.runtime.package_files import RegistrationLimits
 from torchship.serving.runtime.registry import Registry
 from torchship.serving.runtime.snapshot import (
     Snapshot,
     SnapshotEntry,
-    current_handler_path,
     read_snapshot,
     write_snapshot,
 )
 from torchship.serving.runtime.sources import ModelSources, Source
 from torchship.serving.runtime.versions import ServedVersion, VersionSpec
-from torchship.serving.runtime.watch import StoreWatcher
 from torchship.serving.settings import ModelSettings, ServerSettings
+from torchship.serving.store_serving import empty_store_reason, store_watcher
 from torchship.serving.text_classifier import BUILTIN_HANDLERS
 from torchship.store import ModelStore
-from torchship.store.view import LocalStoreView, StoreView
 
 __all__ = ["Health", "Registration", "Server"]
 
@@ -91,7 +89,8 @@ class Server:
         # since, or one that could not load before, is served like any new version.
         self._known_store: dict[str, set[int]] = {}
         # With an object store or --watch_store, the store's versions come from the watcher, not the sources.
-        self.watcher = self._store_watcher()
+        self.watcher = store_watcher(settings, self.registry, self.metrics, self._store_version)
+        self._restorer = SnapshotRestorer(settings, self.sources, self._apis, self._spec)
 
     # ----------------------------------------------------------------------------------- startup
     async def load_initial(self) -> list[ServedVersion]:
@@ -124,7 +123,7 @@ class Server:
         specs: list[tuple[VersionSpec, int]] = []
         known_before: dict[str, list[int]] = {}
         if snapshot is not None:
-            restored, lost = self._restore_all(snapshot.entries)
+            restored, lost = self._restorer.restore_all(snapshot.entries)
             specs += restored
             # A store version whose entry could not be restored (files moved, handler gone) is not decided
             # about: served like a new version, never dropped for good because of an unreadable entry.
@@ -151,7 +150,9 @@ class Server:
                 specs.append((self._spec(source, defaults, loaded_at_startup=True), workers))
         for api in self._apis:
             url = str(api.model_path) if api.model_path is not None else ""
-            specs.append((VersionSpec(api, "1", url, _qualname(type(api)), True), api.settings.worker_count))
+            specs.append(
+                (VersionSpec(api, "1", url, handler_path(type(api)), True), api.settings.worker_count)
+            )
         for package in self._packages:
             path, served_as = package if isinstance(package, tuple) else (package, "")
             source = self.sources.package(path, served_as or None)
@@ -205,138 +206,7 @@ class Server:
         ranked: dict[str, Any] = {**others, **from_properties, **from_yaml, **batching}
         return defaults.replace(**ranked), is_default
 
-    def _restore_all(
-        self, entries: Sequence[SnapshotEntry]
-    ) -> tuple[list[tuple[VersionSpec, int]], set[tuple[str, str]]]:
-        """The snapshot's versions, with at most the worker caps of today's settings: a snapshot records
-        what clients asked for, and replaying it must not spawn more than a client may ask for now. Also
-        ``(name, version)`` of each entry that could not be restored."""
-        budget = self.settings.max_workers_total
-        restored: list[tuple[VersionSpec, int]] = []
-        lost: set[tuple[str, str]] = set()
-        for entry in entries:
-            try:
-                workers = min(entry.workers, self.settings.max_workers_per_version, budget)
-                spec = self._restore(entry, workers)
-            except (ConfigError, TypeError, ValueError) as exc:  # a hand-edited or older snapshot entry
-                logger.warning("snapshot entry %s/%s not restored: %s", entry.name, entry.version, exc)
-                spec = None
-            if spec is None:
-                lost.add((entry.name, entry.version))
-                continue
-            if workers < entry.workers:
-                logger.warning(
-                    "snapshot entry %s/%s asked for %d workers; starting %d (max_workers_per_version=%d, "
-                    "max_workers_total=%d)",
-                    entry.name,
-                    entry.version,
-                    entry.workers,
-                    workers,
-                    self.settings.max_workers_per_version,
-                    self.settings.max_workers_total,
-                )
-            budget -= workers
-            restored.append((spec, workers))
-        return restored, lost
-
-    def _restore(self, entry: SnapshotEntry, workers: int) -> VersionSpec | None:
-        if entry.archive:
-            return self._restore_archive(entry, workers)
-        classes = {_qualname(cls): cls for cls in (*BUILTIN_HANDLERS.values(), *self.sources.custom.values())}
-        handler = classes.get(current_handler_path(entry.handler))
-        if handler is None or (entry.path and not Path(entry.path).exists()):
-            logger.warning(
-                "snapshot entry %s/%s not restored: its handler or files are gone", entry.name, entry.version
-            )
-            return None
-        own_files = {str(api.model_path.resolve()) for api in self._apis if api.model_path is not None}
-        is_code = (
-            bool(entry.path)
-            and Path(entry.path).is_file()
-            and str(Path(entry.path).resolve()) not in own_files
-        )
-        if is_code and not self.settings.allow_code_models:  # registered while allowed; no longer allowed
-            logger.warning(
-                "snapshot entry %s/%s not restored: its model file runs code when loaded and "
-                "allow_code_models is off",
-                entry.name,
-                entry.version,
-            )
-            return None
-        settings = self._restored_settings(entry, workers)
-        api = handler(model_path=entry.path or None, name=entry.name, **settings.to_dict())
-        return VersionSpec(api, entry.version, entry.url, _qualname(handler), True)
-
-    def _restore_archive(self, entry: SnapshotEntry, workers: int) -> VersionSpec | None:
-        """An archive version from the snapshot, unpacked again from the archive it was registered from."""
-        if entry.by_api and not self.settings.allow_code_models:  # registered while allowed; no longer
-            logger.warning(
-                "snapshot entry %s/%s not restored: it is a TorchServe archive (handler code) registered "
-                "through the management API, and allow_code_models is off",
-                entry.name,
-                entry.version,
-            )
-            return None
-        handler = entry.options.get("handler")
-        try:
-            source = self.sources.archive(
-                Path(entry.archive), entry.name, handler=str(handler) if handler is not None else None
-            )
-        except TorchshipError as exc:
-            logger.warning("snapshot entry %s/%s not restored: %s", entry.name, entry.version, exc.message)
-            return None
-        if source.version != entry.version:
-            logger.warning(
-                "snapshot entry %s/%s not restored: %s now holds version %s",
-                entry.name,
-                entry.version,
-                entry.archive,
-                source.version,
-            )
-            return None
-        return self._spec(source, self._restored_settings(entry, workers), True, by_api=entry.by_api)
-
-    def _restored_settings(self, entry: SnapshotEntry, workers: int) -> ModelSettings:
-        """A snapshot entry's settings with ``workers`` (already capped) and ``max_workers`` within today's
-        ``max_workers_per_version``."""
-        settings = dict(entry.settings)
-        settings["workers"] = workers
-        if settings.get("max_workers") is not None:
-            settings["max_workers"] = max(
-                workers, min(settings["max_workers"], self.settings.max_workers_per_version)
-            )
-        return ModelSettings.from_dict(settings)
-
     # ----------------------------------------------------------------------------- the store watcher
-    def _store_watcher(self) -> StoreWatcher | None:
-        settings = self.settings
-        if settings.store_url is None and (settings.store_dir is None or settings.watch_store is None):
-            return None
-        return StoreWatcher(
-            self._store_view(),
-            self.registry,
-            self.metrics,
-            self._store_version,
-            interval=settings.watch_store,
-            keep_versions=settings.keep_versions,
-        )
-
-    def _store_view(self) -> StoreView:
-        settings = self.settings
-        if settings.store_url is None:
-            assert settings.store_dir is not None
-            return LocalStoreView(ModelStore(settings.store_dir))
-        from torchship.store.cache import RemoteStoreView, VersionCache
-        from torchship.store.remote import ObjectStore
-
-        cache = VersionCache(
-            settings.store_cache or _default_store_cache(),
-            settings.store_cache_size,
-            max_package_bytes=settings.max_package_size,
-            max_package_files=settings.max_package_files,
-        )
-        return RemoteStoreView(ObjectStore(settings.store_url), cache)
-
     def _store_version(self, name: str, version: int, path: Path) -> tuple[VersionSpec, int, int]:
         """What the watcher registers for a store version fetched into ``path`` (off the event loop), and
         its workers as the default and otherwise."""
@@ -397,7 +267,7 @@ class Server:
         elif registration.handler is not None and handler is not source.handler:
             raise UserInputError(
                 f"Parameter handler={registration.handler!r} does not match {registration.url}, which is "
-                f"served by {_qualname(source.handler)}; leave handler out to use the model's own"
+                f"served by {handler_path(source.handler)}; leave handler out to use the model's own"
             )
         spec = self._spec(source, settings.replace(workers=workers), by_api=True)
         # Again, now: other registrations may have taken workers while this one resolved off the loop.
@@ -428,7 +298,7 @@ class Server:
         is not ready: it has nothing to answer with until a version is published. (A server given its
         models otherwise, or none to be registered later, is healthy empty, as TorchServe is.)"""
         if self.watcher is not None and not self.registry.names():
-            return Health("Unhealthy", ({"reason": self._empty_store_reason(self.watcher)},))
+            return Health("Unhealthy", ({"reason": empty_store_reason(self.watcher)},))
         defaults = [self.registry.get(name) for name in self.registry.names()]
         unavailable = [(served, why) for served in defaults if (why := _cannot_serve(served)) is not None]
         if not unavailable:
@@ -440,26 +310,6 @@ class Server:
         return Health(
             status,
             tuple({"modelName": s.name, "modelVersion": s.version, "reason": why} for s, why in unavailable),
-        )
-
-    @staticmethod
-    def _empty_store_reason(watcher: StoreWatcher) -> str:
-        """Why a server that serves its store's versions has no model, and what to do."""
-        location, watching = watcher.view.location, watcher.interval is not None
-        if failing := watcher.failing:  # versions there are, but none could be had
-            shown = ", ".join(f"{name} version {version}" for name, version in failing)
-            return (
-                f"no model from the store {location} serves: {shown} could not be fetched or loaded (the "
-                "log says why; torchship_store_failures_total counts the tries); "
-                + ("the watcher tries again" if watching else "fix it, then restart the server")
-            )
-        return (
-            f"no model in the store {location} yet: publish one (torchship train --store {location} ...); "
-            + (
-                "the server loads it on its next look at the store"
-                if watching
-                else "then restart the server, or serve with --watch_store to pick new versions up"
-            )
         )
 
     def _check_workers(
@@ -532,7 +382,7 @@ class Server:
             options = {k: v for k, v in source.options.items() if k == "handler"}
             self._archives[api] = _ArchiveOrigin(str(source.archive.source.resolve()), options, by_api)
         return VersionSpec(
-            api, source.version, source.url, _qualname(source.handler), loaded_at_startup, shown
+            api, source.version, source.url, handler_path(source.handler), loaded_at_startup, shown
         )
 
     def _handler_named(self, handler: str) -> type[ModelAPI]:
@@ -540,7 +390,7 @@ class Server:
         that says what is supported otherwise: the server never imports handler code by name."""
         known: dict[str, type[ModelAPI]] = dict(BUILTIN_HANDLERS)
         known.update(
-            {_qualname(cls): cls for cls in (*BUILTIN_HANDLERS.values(), *self.sources.custom.values())}
+            {handler_path(cls): cls for cls in (*BUILTIN_HANDLERS.values(), *self.sources.custom.values())}
         )
         if handler in known:
             return known[handler]
@@ -633,12 +483,6 @@ def _cannot_serve(served: ServedVersion) -> str | None:
     return "its workers are still loading the model"
 
 
-def _default_store_cache() -> Path:
-    """``$XDG_CACHE_HOME/torchship/store`` (``~/.cache/torchship/store``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "torchship" / "store"
-
-
 def _log_ignored(keys: Sequence[str], where: str) -> None:
     if keys:
         logger.warning("%s: torchship does not honour %s; ignored", where, ", ".join(sorted(keys)))
@@ -648,7 +492,3 @@ def _absolute(path: Path | None) -> str:
     """A model path as the snapshot records it: absolute, so that a restart from another working
     directory (a relative --store) finds the same files."""
     return str(path.resolve()) if path is not None else ""
-
-
-def _qualname(cls: type[ModelAPI]) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"

@@ -53,6 +53,16 @@ from torchship.errors import (
     VersionExistsError,
     VersionNotFoundError,
 )
+from torchship.store.marker import (
+    MARKER_FORMAT,
+    MAX_MARKER_BYTES,
+    check_marker_size,
+    file_digest,
+    package_files,
+    parse_marker,
+    verify_copied_version,
+    verify_files,
+)
 from torchship.store.store import (
     CLAIM_FILE,
     CONFIG_FILE,
@@ -76,9 +86,6 @@ __all__ = [
     "verify_files",
 ]
 
-MARKER_FORMAT = 1
-MAX_MARKER_BYTES = 1 << 20
-"""Largest commit marker read (a real one lists a few files in a few hundred bytes)."""
 DOWNLOAD_CHUNK = 1 << 20
 """Bytes handed over at a time while downloading (each one counted, hashed and written as it arrives;
 a cancelled download stops between two)."""
@@ -90,7 +97,6 @@ CLAIM_ATTEMPTS = 100
 _EXTRAS = {"s3fs": "s3", "gcsfs": "gcs", "adlfs": "azure"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _VERSION_MARKER = re.compile(r"/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/([1-9][0-9]*)/" + re.escape(MARKER_FILE))
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _log = logging.getLogger(__name__)
 
 
@@ -174,7 +180,7 @@ class ObjectStore:
                 raw = bytes(self.fs.cat_file(key, start=0, end=MAX_MARKER_BYTES + 1))
         except FileNotFoundError:
             raise self._not_found(name, version) from None
-        return _parse_marker(raw, self._url(key), name, version)
+        return parse_marker(raw, self._url(key), name, version)
 
     def download(
         self,
@@ -277,8 +283,8 @@ class ObjectStore:
             write(package)
             if not (package / CONFIG_FILE).is_file():
                 raise PackageError(f"Refusing to publish {name}: the package has no {CONFIG_FILE}.")
-            files = _local_files(package)
-            _check_marker_size(name, files)
+            files = package_files(package)
+            check_marker_size(name, files)
             number, token = self._claim(name, version)
             try:
                 self._upload(name, number, package, files, token)
@@ -448,36 +454,6 @@ class _LostClaim(TorchshipError):
     """Another publisher holds the claimed number after all (a backend that ignores exclusive writes)."""
 
 
-def file_digest(path: Path) -> str:
-    """The sha256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_files(directory: Path, files: Mapping[str, Any], where: str) -> None:
-    """Check that every file of a marker's ``files`` is in ``directory`` with its size and sha256;
-    ``PackageError`` naming the first that is not (``where`` says where it came from)."""
-    for relative, expected in files.items():
-        path = directory.joinpath(*PurePosixPath(relative).parts)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise PackageError(f"{where}/{relative}: missing after download") from None
-        if size != expected["size"]:
-            raise PackageError(
-                f"{where}/{relative}: {size} bytes, but {expected['size']} were published "
-                "(a partial or changed object)"
-            )
-        if file_digest(path) != expected["sha256"]:
-            raise PackageError(
-                f"{where}/{relative}: sha256 differs from the one written when it was published "
-                "(a corrupt or changed object)"
-            )
-
-
 def _filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     import fsspec.core
 
@@ -499,91 +475,9 @@ def _filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     return fs, str(root)
 
 
-def _local_files(package: Path) -> dict[str, Any]:
-    files: dict[str, Any] = {}
-    for path in sorted(package.rglob("*")):
-        if path.is_symlink():
-            raise PackageError(f"Refusing to publish {path.name}: a package holds plain files, not links.")
-        if path.is_file():
-            relative = path.relative_to(package).as_posix()
-            if relative in (MARKER_FILE, CLAIM_FILE):
-                raise PackageError(f"Refusing to publish: {relative} is the store's own file name.")
-            files[relative] = {"size": path.stat().st_size, "sha256": file_digest(path)}
-    return files
-
-
-def _check_marker_size(name: str, files: Mapping[str, Any]) -> None:
-    # Readers refuse a marker over MAX_MARKER_BYTES, so such a version could never be served: refuse it
-    # here, before a number is claimed. The largest version number a marker could carry bounds its size.
-    marker = {"format": MARKER_FORMAT, "name": name, "version": 10**18, "files": files}
-    size = len(json.dumps(marker, indent=1).encode())
-    if size > MAX_MARKER_BYTES:
-        raise PackageError(
-            f"Refusing to publish {name}: its {len(files)} files need a commit marker of {size} bytes, more "
-            f"than the {MAX_MARKER_BYTES} readers accept; package fewer files (e.g. archive small ones)"
-        )
-
-
 def _check_cancel(cancel: threading.Event | None, where: str) -> None:
     if cancel is not None and cancel.is_set():
         raise DownloadCancelled(f"{where}: download cancelled (the server is stopping)")
-
-
-def verify_copied_version(directory: Path) -> None:
-    """Check a version that something else copied out of an object store (KServe's storage initializer
-    into ``/mnt/models``, ``aws s3 sync``): a claim without a commit marker is a publish that had not
-    finished, and with a marker every file must have its published size and sha256. ``PackageError``
-    says what is wrong; a folder with neither file (a package made some other way) passes as it is."""
-    marker_path, claim_path = directory / MARKER_FILE, directory / CLAIM_FILE
-    if not marker_path.is_file():
-        if claim_path.is_file():
-            raise PackageError(
-                f"{directory} is a copy of a version whose publish had not finished ({CLAIM_FILE} but no "
-                f"{MARKER_FILE}): copy it again once it is published, or point at a published version"
-            )
-        return
-    with open(marker_path, "rb") as handle:
-        raw = handle.read(MAX_MARKER_BYTES + 1)
-    try:
-        named = json.loads(raw) if len(raw) <= MAX_MARKER_BYTES else {}
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        named = {}
-    name, version = (named.get("name"), named.get("version")) if isinstance(named, dict) else (None, None)
-    marker = _parse_marker(raw, str(marker_path), str(name), version if isinstance(version, int) else -1)
-    verify_files(directory, marker["files"], str(directory))
-
-
-def _parse_marker(raw: bytes, where: str, name: str, version: int) -> dict[str, Any]:
-    if len(raw) > MAX_MARKER_BYTES:
-        raise PackageError(f"{where}: larger than {MAX_MARKER_BYTES} bytes; not a commit marker")
-    try:
-        marker = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PackageError(f"{where}: not valid JSON ({exc}); publish the version again") from None
-    if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
-        raise PackageError(f"{where}: not a format-{MARKER_FORMAT} commit marker; upgrade torchship")
-    if marker.get("name") != name or marker.get("version") != version:
-        raise PackageError(f"{where}: the marker is for {marker.get('name')} {marker.get('version')}")
-    files = marker.get("files")
-    if not isinstance(files, dict) or CONFIG_FILE not in files:
-        raise PackageError(f"{where}: the marker lists no {CONFIG_FILE}")
-    for relative, entry in files.items():
-        _check_entry(where, relative, entry)
-    return marker
-
-
-def _check_entry(where: str, relative: object, entry: object) -> None:
-    # A marker names where files land on this machine: nothing may point outside the version's folder.
-    parts = PurePosixPath(str(relative)).parts
-    if not isinstance(relative, str) or not parts or relative.startswith("/") or ".." in parts:
-        raise PackageError(f"{where}: the marker lists an unsafe file name {relative!r}")
-    if (
-        not isinstance(entry, dict)
-        or not isinstance(entry.get("size"), int)
-        or entry["size"] < 0
-        or not _HEX64.match(str(entry.get("sha256", "")))
-    ):
-        raise PackageError(f"{where}: the marker's entry for {relative} has no valid size and sha256")
 
 
 def _is_number(text: str) -> bool:
