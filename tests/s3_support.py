@@ -24,11 +24,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import queue
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,15 +65,15 @@ class S3Server:
 
 def start_s3_server(log: Path) -> S3Server:
     """Start moto's server on 127.0.0.1, port 0; its log (one line a request) goes to ``log``."""
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    lines = _copy_output(process, log)
     try:
-        port = _wait_for_port(process, log)
+        port = _wait_for_port(process, lines, log)
     except BaseException:
         _stop(process)
         raise
@@ -90,19 +92,42 @@ def start_s3_server(log: Path) -> S3Server:
     return S3Server(endpoint, process, env)
 
 
-def _wait_for_port(process: subprocess.Popen[bytes], log: Path) -> int:
+def _copy_output(process: subprocess.Popen[bytes], log: Path) -> queue.Queue[bytes | None]:
+    """Copy the server's output into ``log`` for the whole session (the pipe never fills up); its lines
+    also go to the queue returned, then None when the output ends."""
+    lines: queue.Queue[bytes | None] = queue.Queue()
+    output = process.stdout
+    assert output is not None
+
+    def copy() -> None:
+        with log.open("wb") as sink:
+            for line in output:
+                sink.write(line)
+                sink.flush()
+                lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=copy, daemon=True, name="moto-output").start()
+    return lines
+
+
+def _wait_for_port(process: subprocess.Popen[bytes], lines: queue.Queue[bytes | None], log: Path) -> int:
+    """The port of the line werkzeug prints once it is bound (each line waited for, no polling)."""
     deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        match = _RUNNING.search(log.read_bytes())
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            output = log.read_text()[-2000:]
+            raise RuntimeError(f"moto server did not start within {START_TIMEOUT}s: {output}") from None
+        if line is None:
+            process.wait(timeout=10)
+            raise RuntimeError(f"moto server exited with {process.returncode}: {log.read_text()[-2000:]}")
+        match = _RUNNING.search(line)
         if match:
             port = int(match.group(1))
-            # werkzeug prints the address once bound; a connection proves it accepts.
-            with socket.create_connection(("127.0.0.1", port), timeout=5):
+            with socket.create_connection(("127.0.0.1", port), timeout=5):  # it accepts connections
                 return port
-        if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with {process.returncode}: {log.read_text()[-2000:]}")
-        time.sleep(0.05)  # polling interval; the log line decides
-    raise RuntimeError(f"moto server did not start within {START_TIMEOUT}s: {log.read_text()[-2000:]}")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

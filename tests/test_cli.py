@@ -424,7 +424,8 @@ def test_torchserve_start_serves_and_stop_stops_it(
     lines: queue.Queue[str] = queue.Queue()
     logged: list[str] = []  # stderr, drained as it comes so that the server never blocks on a full pipe
     threading.Thread(target=lambda: [lines.put(line) for line in server.stdout or ()], daemon=True).start()
-    threading.Thread(target=lambda: logged.extend(server.stderr or ()), daemon=True).start()
+    stderr_reader = threading.Thread(target=lambda: logged.extend(server.stderr or ()), daemon=True)
+    stderr_reader.start()
     try:
         urls: dict[str, str] = {}
         while True:  # the lines printed once every listener is up, the last one "list models: ..."
@@ -451,10 +452,8 @@ def test_torchserve_start_serves_and_stop_stops_it(
         status, out, _ = _run(["torchserve", "--stop"], capsys)
         assert (status, out) == (0, "torchship torchserve has stopped.\n")
         assert server.wait(timeout=60) == 0
-        wait_for_log = time.monotonic() + 10
-        while not any("grpc_inference_port is not honoured" in line for line in logged):
-            assert time.monotonic() < wait_for_log, "".join(logged)
-            time.sleep(0.01)  # the reader thread may not have caught up with the exited process
+        stderr_reader.join(timeout=30)  # the process has exited: its stderr ends, and the reader with it
+        assert any("grpc_inference_port is not honoured" in line for line in logged), "".join(logged)
         assert not list(tmp_path.glob(".torchship-torchserve-*.pid"))
     finally:
         if server.poll() is None:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -33,7 +31,7 @@ DOCKERFILE = DOCKER / "Dockerfile"
 ENTRYPOINT_SCRIPT = DOCKER / "entrypoint.py"
 sys.path.insert(0, str(ROOT / "tests" / "serving"))  # serving_support: the tiny classifier packages
 
-from serving_support import LABELS, publish_classifier, wait_until  # noqa: E402
+from serving_support import LABELS, publish_classifier, stdout_lines, wait_until  # noqa: E402
 
 
 def load_entrypoint() -> ModuleType:
@@ -203,14 +201,7 @@ def health(url: str) -> subprocess.CompletedProcess[str]:
 
 def read_urls(process: subprocess.Popen[str], timeout: float) -> dict[str, str]:
     """The listeners' URLs from the lines ``torchship serve`` prints once it listens."""
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
+    lines = stdout_lines(process)
     urls: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     while len(urls) < 3:

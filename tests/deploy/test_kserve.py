@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +39,11 @@ import yaml
 # The serving tests' helpers live beside them (tests/serving), not on this folder's path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
 
+from mar_support import KSERVE_CONFIG as CONFIG
+from mar_support import KSERVE_MODEL as MODEL
+from mar_support import KSERVE_SNAPSHOT as SNAPSHOT
 from mar_support import archive
-from serving_support import LABELS, publish_classifier
-from test_mar_kserve_layout import CONFIG, MODEL, SNAPSHOT
+from serving_support import LABELS, publish_classifier, start_logged, wait_until
 
 from torchship.cli import build_parser
 from torchship.serving.command import apply_ts_config, serve_settings
@@ -244,18 +245,19 @@ class Runtime:
 
     def wait_ready(self) -> str:
         """Poll the readiness route the runtime's probe asks until it answers 200; the inference URL."""
-        deadline = time.monotonic() + START_DEADLINE_S
-        while True:
+
+        def ready() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"torchship exited with {self.process.returncode}:\n{self.tail()}")
             url = self.inference_url()
-            if url is not None:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
-                        return url
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not ready after {START_DEADLINE_S:.0f}s:\n{self.tail()}")
-            time.sleep(0.2)  # polling interval, not synchronisation: the readiness route decides
+            with contextlib.suppress(httpx.HTTPError):
+                return url is not None and httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+            return False
+
+        wait_until(ready, START_DEADLINE_S, "the runtime's readiness route to answer 200")
+        url = self.inference_url()
+        assert url is not None
+        return url
 
     def stop(self) -> int:
         """SIGTERM, as the kubelet sends it; the exit status."""
@@ -284,17 +286,7 @@ def start_runtime(root: Path, mnt: Path, name: str) -> Runtime:
     tmp.mkdir()
     env = {**os.environ, **{e["name"]: e["value"].replace("/tmp", str(tmp)) for e in container["env"]}}
     env.pop("TS_CONFIG_FILE", None)
-    stdout, stderr = root / "stdout.log", root / "stderr.log"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen(
-            runtime_command(mnt, name),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            env=env,
-            cwd=root,
-            start_new_session=True,
-        )
+    process, stdout, stderr = start_logged(runtime_command(mnt, name), env, root)
     return Runtime(process, stdout, stderr)
 
 

@@ -227,3 +227,41 @@ def aoti_model(
         )
     assert Path(made) == path, made
     return path
+
+
+# ---------------------------------------------------------------- KServe's TorchServe layout
+KSERVE_MODEL = "adder"
+"""The model of the /mnt/models layouts (test_mar_kserve_layout, tests/deploy/test_kserve)."""
+# What KServe's TorchServe examples put in config/config.properties (addresses and model_store rewritten).
+KSERVE_CONFIG = """\
+inference_address=http://127.0.0.1:{inference}
+management_address=http://127.0.0.1:{inference}
+metrics_address=http://127.0.0.1:{metrics}
+grpc_inference_port={grpc}
+grpc_management_port={grpc_management}
+enable_metrics_api=true
+metrics_format=prometheus
+number_of_netty_threads=4
+job_queue_size=10
+enable_envvars_config=true
+install_py_dep_per_model=true
+model_store={model_store}
+model_snapshot={snapshot}
+"""
+KSERVE_SNAPSHOT = {
+    "name": "startup.cfg",
+    "modelCount": 1,
+    "models": {
+        KSERVE_MODEL: {
+            "1.0": {
+                "defaultVersion": True,
+                "marName": f"{KSERVE_MODEL}.mar",
+                "minWorkers": 1,
+                "maxWorkers": 5,
+                "batchSize": 1,
+                "maxBatchDelay": 10,
+                "responseTimeout": 120,
+            }
+        }
+    },
+}

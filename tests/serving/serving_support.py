@@ -6,6 +6,9 @@ one first on its sys.path."""
 from __future__ import annotations
 
 import json
+import queue
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -152,3 +155,37 @@ def metric(server: Server, name: str, **labels: str) -> float:
             if all(part in found for part in wanted.split(",") if part):
                 return float(value)
     return 0.0
+
+
+def stdout_lines(process: subprocess.Popen[str]) -> queue.Queue[str]:
+    """The lines ``process`` prints, as a reader thread receives them (``get(timeout=...)`` waits for the
+    next one: no polling, and the pipe never fills up)."""
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = process.stdout
+    assert stdout is not None
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def start_logged(
+    command: list[str], env: dict[str, str], cwd: Path
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """Start ``command`` in its own session with stdout and stderr in ``cwd/stdout.log`` and
+    ``cwd/stderr.log`` (files, not pipes nobody reads); the process and both paths."""
+    stdout, stderr = cwd / "stdout.log", cwd / "stderr.log"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    return process, stdout, stderr

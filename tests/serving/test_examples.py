@@ -4,30 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
 import pytest
+from serving_support import stdout_lines
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def _lines(process: subprocess.Popen[str]) -> queue.Queue[str]:
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return lines
 
 
 @pytest.mark.slow
@@ -41,7 +28,7 @@ def test_tutorial_snippet_serves_as_written(tmp_path: Path) -> None:
         [sys.executable, "serve.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
     )
     try:
-        lines = _lines(process)
+        lines = stdout_lines(process)
         urls: dict[str, str] = {}
         while len(urls) < 2:
             line = lines.get(timeout=120)

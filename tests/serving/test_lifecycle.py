@@ -3,7 +3,6 @@ in-flight requests finish."""
 
 from __future__ import annotations
 
-import queue
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from serving_handlers import SlowAPI
-from serving_support import bearer, describe, read_key, settings, wait_until
+from serving_support import bearer, describe, read_key, settings, stdout_lines, wait_until
 
 from torchship.serving import Server, ServerThread
 from torchship.serving.settings import default_workers
@@ -63,15 +62,7 @@ def test_torchship_serve_command_serves_a_store_and_stops_on_sigint(store_root: 
     ]
     log = (tmp_path / "stderr.log").open("w")  # a file, not a pipe nobody reads: a full pipe would block it
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    stdout = process.stdout
-    assert stdout is not None
-
-    def pump() -> None:
-        for line in stdout:
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
+    lines = stdout_lines(process)
     try:
         printed = [lines.get(timeout=120) for _ in range(5)]
         inference = printed[0].split()[-1]

@@ -27,46 +27,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from mar_support import KSERVE_CONFIG as CONFIG
+from mar_support import KSERVE_MODEL as MODEL
+from mar_support import KSERVE_SNAPSHOT as SNAPSHOT
 from mar_support import archive
+from serving_support import start_logged
 
 pytestmark = pytest.mark.slow
 
 HANDLERS = Path(__file__).with_name("mar_handlers")
-MODEL = "adder"
 START_DEADLINE_S = 180.0
-# What KServe's TorchServe examples put in config/config.properties (addresses and model_store rewritten).
-CONFIG = """\
-inference_address=http://127.0.0.1:{inference}
-management_address=http://127.0.0.1:{inference}
-metrics_address=http://127.0.0.1:{metrics}
-grpc_inference_port={grpc}
-grpc_management_port={grpc_management}
-enable_metrics_api=true
-metrics_format=prometheus
-number_of_netty_threads=4
-job_queue_size=10
-enable_envvars_config=true
-install_py_dep_per_model=true
-model_store={model_store}
-model_snapshot={snapshot}
-"""
-SNAPSHOT = {
-    "name": "startup.cfg",
-    "modelCount": 1,
-    "models": {
-        MODEL: {
-            "1.0": {
-                "defaultVersion": True,
-                "marName": f"{MODEL}.mar",
-                "minWorkers": 1,
-                "maxWorkers": 5,
-                "batchSize": 1,
-                "maxBatchDelay": 10,
-                "responseTimeout": 120,
-            }
-        }
-    },
-}
 
 
 @dataclass
@@ -110,17 +80,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     env.pop("TS_CONFIG_FILE", None)
     command = [sys.executable, "-m", "torchship", "torchserve", "--start"]
     command += [f"--model-store={store}", f"--ts-config={config}"]  # the runtime's args
-    stdout, stderr = root / "stdout.log", root / "stderr.log"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            env=env,
-            cwd=root,
-            start_new_session=True,
-        )
+    process, _, stderr = start_logged(command, env, root)
     here = Served(process, f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}", env, stderr, root)
     try:
         _wait_ready(here)

@@ -7,19 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from training_support import PACKAGE_FILES
 
 from torchship.cli import main
 from torchship.store import ObjectStore, load_package
-
-PACKAGE_FILES = [
-    "card.md",
-    "config.json",
-    "confusion_matrix.png",
-    "learning_curves.png",
-    "metrics.json",
-    "model.safetensors",
-    "tokenizer.json",
-]
 
 
 def _train(csv: Path, store: str, runs: Path, *extra: str) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from training_support import PACKAGE_FILES
 
 from torchship.data.datamodule import DataConfig, TextClassificationDataModule
 from torchship.data.tokenizer import encode_texts, pad_token_ids
@@ -19,15 +20,6 @@ from torchship.store import ModelStore, load_package
 from torchship.training import ModelOptions, OptimOptions, train
 
 TINY_MODEL = ModelOptions(d_model=32, n_heads=2, n_layers=1, d_ff=64)
-PACKAGE_FILES = [
-    "card.md",
-    "config.json",
-    "confusion_matrix.png",
-    "learning_curves.png",
-    "metrics.json",
-    "model.safetensors",
-    "tokenizer.json",
-]
 
 
 def _trainer(root: Path, **options: Any) -> dict[str, Any]:
